@@ -1,0 +1,58 @@
+# heartbeat: `make spectrograms && make train` reruns the study; `make help` lists every target.
+# Targets are real files where they can be: a rerun with nothing changed does no work.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+DATA ?= data# folder holding set_b.csv and set_b/ (see data/README.md)
+SPECTROGRAMS ?= data/spectrograms# stage 1 output: images/ + manifest.csv
+JOBS ?=# worker processes for stage 1 (empty: one per core)
+SPECTROGRAM_FLAGS ?=# e.g. --include-unlabelled
+
+# The torch build on this machine's disk; never let pip resolve another one.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py)
+STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/spectrograms.py
+
+.PHONY: help install spectrograms test bench bench-spectrograms clean
+
+help: ## list the targets
+	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+install: $(INSTALLED) ## make .venv and install the package with its test extras
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	printf '%s\n' $(TORCH_PINS) > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[test]'
+	touch $@
+
+spectrograms: $(SPECTROGRAMS)/manifest.csv ## stage 1: mel-spectrogram PNGs of every labelled recording in DATA
+
+# A run with failed recordings still writes the manifest of the others, but dates it back so
+# that the next `make spectrograms` tries again instead of calling it up to date.
+$(SPECTROGRAMS)/manifest.csv: $(DATA)/set_b.csv $(wildcard $(DATA)/set_b/*.wav) $(STAGE1_SOURCES) | $(INSTALLED)
+	$(BIN)/heartbeat spectrograms --data $(DATA) --out $(SPECTROGRAMS) $(if $(JOBS),--jobs $(JOBS)) $(SPECTROGRAM_FLAGS) \
+		|| { test -f $@ && touch -d @0 $@; exit 1; }
+
+$(DATA)/set_b.csv:
+	@echo "No Dataset B in '$(DATA)/': put set_b.csv and set_b/ there (see data/README.md), pass DATA=folder, or run 'make demo'." >&2
+	@exit 1
+
+test: $(INSTALLED) ## run the test suite (synthetic audio; a few tests also use ../shared/data/heartbeat-sounds when present)
+	$(BIN)/python -m pytest -q
+
+bench: bench-spectrograms ## run every benchmark and print its figures
+
+bench-spectrograms: $(INSTALLED) ## stage 1 speed vs the published recipe, no-op rerun, peak RSS (real data)
+	$(BIN)/python scripts/bench_spectrograms.py
+
+clean: ## remove generated outputs under data/ (keeps data/README.md and the venv)
+	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

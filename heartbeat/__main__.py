@@ -1,0 +1,5 @@
+import sys
+
+from heartbeat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: synthetic recordings made on the fly (no binary fixtures), and the real data's location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+# The real Dataset B sits beside the repository in ../shared (never copied in, never written).
+REAL_DATA = Path(os.environ.get("HEARTBEAT_REAL_DATA", Path(__file__).resolve().parents[2] / "shared/data/heartbeat-sounds"))
+
+needs_real_data = pytest.mark.skipif(not (REAL_DATA / "set_b.csv").is_file(), reason=f"real Dataset B not at {REAL_DATA}")
+
+
+def sine(frequency: float, seconds: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def clicks(seconds: float, sample_rate: int, every_s: float = 0.8) -> np.ndarray:
+    """A click train: short decaying 60 Hz bursts, like heart-sound thumps."""
+    signal = np.zeros(int(round(seconds * sample_rate)), dtype=np.float32)
+    burst = sine(60, 0.08, sample_rate, 0.8) * np.exp(-np.linspace(0, 5, int(round(0.08 * sample_rate))))
+    for start in np.arange(0.1, seconds - 0.1, every_s):
+        index = int(start * sample_rate)
+        signal[index:index + burst.size] += burst[: signal.size - index]
+    return signal
+
+
+def write_wav(path: Path, signal: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), signal, sample_rate, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def dataset_dir(tmp_path) -> Path:
+    """A small Dataset-B-shaped folder with the download's file-name quirks."""
+    from heartbeat.synth import write_dataset_b
+
+    return write_dataset_b(tmp_path / "data", n_patients=6, recordings_per_patient=(1, 2), n_unlabelled=2,
+                           seconds=(1.0, 11.0), seed=3)
