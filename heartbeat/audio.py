@@ -263,3 +263,17 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def model_input(image: np.ndarray, image_size: int) -> np.ndarray:
+    """The network's view of a spectrogram image: resized to image_size (PIL bilinear) if needed.
+
+    Training reads PNGs through this function and predict passes fresh images through it, so
+    both resize identically. Returns uint8 (image_size, image_size); the three input channels
+    the network expects are copies of it.
+    """
+    if image.shape == (image_size, image_size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR))

@@ -9,7 +9,9 @@ and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from heartbeat import __version__
 
@@ -64,6 +66,108 @@ def _run_spectrograms(args) -> int:
     return EXIT_FAILED if summary.failed else 0
 
 
+def _add_train_flags(parser) -> None:
+    """The training flags, shared by `train` and `cv`; defaults are TrainSettings' (the published ones)."""
+    from heartbeat import config
+
+    parser.add_argument("--spectrograms", default=str(config.SPECTROGRAMS_DIR), help="stage 1 output folder (default: %(default)s)")
+    parser.add_argument("--split", choices=("patient", "random"), default="patient",
+                        help="patient: grouped by patient, no patient on both sides (default); random: the published 70:30 by recording, patients leak")
+    parser.add_argument("--valid-fraction", type=float, default=0.3, help="share of recordings for validation (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="split, head initialisation and batch order (default: %(default)s)")
+    parser.add_argument("--epochs", type=_positive_int, default=5, help="one-cycle epochs (default: %(default)s, as published)")
+    parser.add_argument("--bs", type=_positive_int, default=4, help="batch size (default: %(default)s, as published)")
+    parser.add_argument("--image-size", type=_positive_int, default=512, help="network input size in px; images are resized (default: %(default)s)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", metavar="PATH", help="ResNet-34 state dict in torchvision's format (default: the torch hub cache under TORCH_HOME)")
+    weights.add_argument("--no-pretrained", action="store_true", help="no ImageNet weights: train the whole network from scratch")
+    parser.add_argument("--mode", choices=("features", "finetune"), default="features",
+                        help="features: frozen body run once, head trained on its outputs (default, fast); "
+                             "finetune: fastai's frozen body with trainable BatchNorm, as published")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: lr_find's suggestion)")
+    parser.add_argument("--unfreeze-epochs", type=int, default=0, help="optional second stage: unfreeze and train N more epochs")
+    parser.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
+                        help="class imbalance: none (published), inverse-frequency loss weights, or oversampling rare classes")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="body forward pass in features mode (auto: bf16 where the CPU supports it)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _train_settings(args):
+    from heartbeat.train import TrainSettings
+
+    return TrainSettings(
+        split=args.split, valid_fraction=args.valid_fraction, seed=args.seed, epochs=args.epochs, batch_size=args.bs,
+        image_size=args.image_size, pretrained=not args.no_pretrained, weights=args.weights, mode=args.mode,
+        lr=args.lr, unfreeze_epochs=args.unfreeze_epochs, balance=args.balance, precision=args.precision,
+        name=getattr(args, "name", "") or "",
+    )
+
+
+def _add_train(commands) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="stage 2: fine-tune ResNet-34 on the spectrograms (lr_find + one-cycle) and write the report",
+        description=(
+            "Fine-tune an ImageNet ResNet-34 (frozen body) on stage 1's spectrograms with fastai's lr_find and "
+            "fit_one_cycle; write a run folder with the split, weights, ONNX export, per-epoch log and report. "
+            "ImageNet weights come from the torch hub cache or --weights; without them, say --no-pretrained."
+        ),
+    )
+    _add_train_flags(parser)
+    parser.add_argument("--out", help="run folder to create (default: a new folder under --runs, and --runs/latest points to it)")
+    parser.add_argument("--runs", help="folder of runs (default: data/runs)")
+    parser.add_argument("--name", default="", help="short name in the run folder's name")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from heartbeat.model import WeightsError
+    from heartbeat.train import TrainError, train
+
+    try:
+        settings = _train_settings(args)
+        settings.validate()
+        run_dir = train(args.spectrograms, args.out, settings, runs_dir=args.runs, progress=not args.quiet)
+    except (TrainError, WeightsError, ValueError) as error:
+        raise UserError(str(error)) from None
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(_headline(metrics, run_dir))
+    return 0
+
+
+def _headline(metrics: dict, run_dir) -> str:
+    baseline = metrics["majority_baseline"]
+    return (
+        f"{run_dir}: error rate {metrics['error_rate']:.3f} (majority baseline, always {baseline['class']}: "
+        f"{baseline['error_rate']:.3f}), balanced accuracy {metrics['balanced_accuracy']:.3f} "
+        f"(baseline {baseline['balanced_accuracy']:.3f}) on {metrics['n_recordings']} validation recordings; "
+        f"report: {run_dir}/report.md"
+    )
+
+
+def _add_report(commands) -> None:
+    parser = commands.add_parser(
+        "report", help="rewrite a run's report (metrics.json, confusion matrix, report.md) from its saved predictions",
+        description="Recompute a run's metrics and report from its predictions.csv, config and epoch log (no training).",
+    )
+    parser.add_argument("run", nargs="?", default=None, help="run folder (default: data/runs/latest)")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    from heartbeat import config
+    from heartbeat.report import rewrite_report
+
+    run_dir = Path(args.run) if args.run else config.RUNS_DIR / "latest"
+    try:
+        metrics = rewrite_report(run_dir)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{run_dir}: not a complete run folder ({error})") from None
+    print(_headline(metrics, run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="heartbeat",
@@ -76,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"heartbeat {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_spectrograms(commands)
+    _add_train(commands)
+    _add_report(commands)
     return parser
 
 

@@ -157,6 +157,24 @@ def write_report(
     return metrics
 
 
+def rewrite_report(run_dir) -> dict:
+    """`heartbeat report RUN`: recompute a finished run's report from the files it saved.
+
+    Reads predictions.csv (one row per validation recording), config.json (classes, majority
+    class), the context stored in metrics.json and epochs.csv; needs no model and no torch.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    context = json.loads((run_dir / METRICS_FILE).read_text())["context"]
+    predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"label": str, "predicted": str})
+    epochs_path = run_dir / "epochs.csv"
+    epoch_log = pd.read_csv(epochs_path) if epochs_path.is_file() else None
+    return write_report(run_dir, predictions, config["classes"], majority_class=config["majority_class"],
+                        context=context, epoch_log=epoch_log)
+
+
 def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, images: dict | None = None) -> str:
     """report.md text from the metrics dict and the run context."""
     images = images or {}

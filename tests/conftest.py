@@ -43,3 +43,22 @@ def dataset_dir(tmp_path) -> Path:
 
     return write_dataset_b(tmp_path / "data", n_patients=6, recordings_per_patient=(1, 2), n_unlabelled=2,
                            seconds=(1.0, 11.0), seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny model trained once per test session on synthetic recordings (from scratch, 32 px, 1 epoch).
+
+    Returns a dict: data (the Dataset-B-shaped folder), spectrograms, run (the run folder).
+    """
+    from heartbeat.spectrograms import build_spectrograms
+    from heartbeat.synth import write_dataset_b
+    from heartbeat.train import TrainSettings, train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_dataset_b(root / "data", n_patients=10, recordings_per_patient=(2, 3), n_unlabelled=0,
+                           seconds=(2.0, 8.0), seed=5)
+    build_spectrograms(data, root / "spectrograms", jobs=1, progress=False)
+    settings = TrainSettings(pretrained=False, image_size=32, epochs=1, batch_size=8, seed=1)
+    run = train(root / "spectrograms", root / "run", settings, progress=False)
+    return {"data": data, "spectrograms": root / "spectrograms", "run": run}

@@ -1,0 +1,150 @@
+"""The network: ImageNet ResNet-34 body + fastai head; where its weights come from and go to.
+
+Weights are read only from torchvision's hub cache (TORCH_HOME) or from a file the user names,
+and never downloaded behind the user's back: when they are missing, WeightsError says which
+file is expected and how to get it. A trained model is saved as safetensors (plain tensors,
+nothing to unpickle) plus JSON, and exported to ONNX for the torch-free predict command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, what the body was trained on
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+MODEL_FILE = "model.json"  # what is needed to rebuild and use the model
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be had; the message names the file and the remedies."""
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision keeps ResNet-34's ImageNet weights: $TORCH_HOME/hub/checkpoints/."""
+    from torchvision.models import ResNet34_Weights
+
+    url = ResNet34_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_pretrained_state(weights_path: str | Path | None) -> tuple[dict, str]:
+    """ResNet-34 state dict from `weights_path`, or from the hub cache when None; and a description."""
+    if weights_path is None:
+        path = imagenet_weights_path()
+        if not path.is_file():
+            raise WeightsError(
+                f"ImageNet weights for ResNet-34 not found: expected {path} (the torch hub cache, set by TORCH_HOME). "
+                f"Either copy torchvision's resnet34-b627a593.pth there (on a machine with internet: "
+                f"python -c \"import torchvision; torchvision.models.resnet34(weights='IMAGENET1K_V1')\"), "
+                f"or pass --weights PATH to a torchvision-format ResNet-34 state dict; "
+                f"--no-pretrained trains from scratch instead."
+            )
+        description = "ImageNet (torchvision IMAGENET1K_V1, hub cache)"
+    else:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file not found (--weights expects a torchvision ResNet-34 state dict)")
+        description = f"file {path}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # a weights file must never run code
+    except Exception as error:
+        raise WeightsError(f"{path}: not a loadable state dict ({str(error).splitlines()[0]})") from None
+    import torchvision
+
+    missing, unexpected = torchvision.models.resnet34().load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path}: not a ResNet-34 state dict (missing {len(missing)} keys, unexpected {len(unexpected)})")
+    return state, description
+
+
+def resnet34_arch(state: dict | None):
+    """A torchvision-style architecture function for fastai's vision_learner.
+
+    vision_learner looks the architecture up in fastai's model_meta (where the body is cut,
+    the parameter groups, the normalisation statistics); we register this function with
+    resnet34's entry so that fastai treats it exactly as torchvision's resnet34, but with the
+    weights we were given instead of a download.
+    """
+    import torchvision
+    from fastai.vision.learner import model_meta
+
+    def resnet34(weights=None, **kwargs):
+        model = torchvision.models.resnet34()
+        if state is not None:
+            model.load_state_dict(state)
+        return model
+
+    model_meta[resnet34] = model_meta[torchvision.models.resnet34]
+    return resnet34
+
+
+def build_model(n_classes: int) -> nn.Module:
+    """The trained network's architecture (ResNet-34 body + fastai's default head), untrained."""
+    from fastai.vision.learner import create_vision_model
+
+    return create_vision_model(resnet34_arch(None), n_classes, pretrained=False)
+
+
+class Classifier(nn.Module):
+    """What predict runs: grayscale image in [0, 1] -> class probabilities.
+
+    Copies the one channel to three, normalises with ImageNet statistics (as fastai's
+    Normalize does in training), runs the network and applies softmax.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, grey):  # (n, 1, size, size)
+        rgb = grey.expand(-1, 3, -1, -1)
+        return torch.softmax(self.network((rgb - self.mean) / self.std), dim=1)
+
+
+def save_model(run_dir: Path, network: nn.Module, model_info: dict) -> None:
+    """Weights as safetensors, the rest as JSON: loading needs no unpickling."""
+    from safetensors.torch import save_file
+
+    from heartbeat.fileio import atomic_path, atomic_write_json
+
+    state = {key: value.detach().contiguous() for key, value in network.state_dict().items()}
+    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(run_dir / MODEL_FILE, model_info)
+
+
+def load_model(run_dir: Path) -> tuple[nn.Module, dict]:
+    """Rebuild a saved network in eval mode; returns it and its model.json."""
+    from safetensors.torch import load_file
+
+    info = json.loads((Path(run_dir) / MODEL_FILE).read_text())
+    network = build_model(len(info["classes"]))
+    network.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS_FILE)))
+    return network.eval(), info
+
+
+def export_onnx(network: nn.Module, image_size: int, path: Path) -> None:
+    """Export Classifier(network) for onnxruntime; the batch dimension stays dynamic."""
+    from heartbeat.fileio import atomic_path
+
+    classifier = Classifier(network).eval()
+    example = torch.zeros(1, 1, image_size, image_size)
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(
+            classifier, (example,), str(tmp), input_names=["image"], output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False,
+        )
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (size, size) images -> float (n, 1, size, size) in [0, 1], the Classifier's input."""
+    return torch.from_numpy(np.stack(images)[:, None].astype(np.float32) / 255.0)

@@ -1,0 +1,436 @@
+"""Stage 2: fine-tune an ImageNet ResNet-34 on the spectrograms, then report.
+
+Reads top to bottom like the study: the settings, the data (stage 1's manifest), the split,
+the network with its frozen body, the learning-rate finder, one-cycle training, the
+validation predictions per recording, the report, and the saved model.
+
+Two training modes, the same network and the same fastai calls:
+- "features" (default): the frozen body, BatchNorm statistics included, never changes and
+  the images are not augmented, so its output for each image is a constant. We compute it
+  once (cached beside the spectrograms) and train the head on it with fastai's lr_find and
+  fit_one_cycle. About 20x less work than running the body every epoch.
+- "finetune": fastai's standard frozen-body fine-tuning, as published: the body's
+  convolutions are frozen but its BatchNorm layers keep training (fastai's train_bn), so
+  every batch runs the whole network forwards and backwards.
+--no-pretrained trains from scratch: a frozen random body is meaningless, so the whole
+network is trained (on images, as in "finetune" mode but unfrozen).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from heartbeat import audio, config, metrics, model, split
+from heartbeat.dataset import CLASSES
+from heartbeat.fileio import atomic_path, atomic_write_json, atomic_write_text
+from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
+
+
+@dataclass
+class TrainSettings:
+    split: str = "patient"  # "patient": no patient on both sides (honest); "random": the published protocol
+    valid_fraction: float = 0.3  # 70:30 as published
+    seed: int = 42  # split, weight initialisation of the head, batch order
+    epochs: int = 5  # published: fit_one_cycle(5)
+    batch_size: int = 4  # published
+    image_size: int = 512  # published: the 512 px spectrograms at full size
+    pretrained: bool = True  # ImageNet body (frozen); False: train the whole network from scratch
+    weights: str | None = None  # torchvision-format ResNet-34 state dict; None: the torch hub cache
+    mode: str = "features"  # "features" (body outputs computed once) or "finetune" (published: BN keeps training)
+    lr: float | None = None  # None: lr_find's "valley" suggestion, as published
+    unfreeze_epochs: int = 0  # optional second stage: unfreeze and train everything, discriminative rates
+    balance: str = "none"  # "none" (published), "weights" (inverse-frequency loss), "oversample" (rare classes)
+    precision: str = "auto"  # body forward pass in "features" mode: "fp32", "bf16", or "auto" (bf16 where the CPU has it)
+    name: str = ""  # short name in the run folder's name
+
+    def validate(self) -> None:
+        choices = {"split": ("patient", "random"), "mode": ("features", "finetune"),
+                   "balance": ("none", "weights", "oversample"), "precision": ("auto", "fp32", "bf16")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"--{field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
+        if not 0 < self.valid_fraction < 1:
+            raise ValueError(f"valid fraction must be between 0 and 1, not {self.valid_fraction}")
+        for field in ("epochs", "batch_size", "image_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"--{field.replace('_', '-')} must be at least 1")
+
+
+class TrainError(RuntimeError):
+    """A problem the user can fix (missing manifest, mismatched settings); one-line message."""
+
+
+# ---------------------------------------------------------------- the data
+
+def read_spectrograms(spectrograms_dir: Path) -> pd.DataFrame:
+    """Stage 1's manifest, labelled rows only, after checking it was made with this code's audio settings."""
+    manifest_path = spectrograms_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise TrainError(f"{manifest_path}: not found (run 'make spectrograms' or 'heartbeat spectrograms' first)")
+    settings_path = spectrograms_dir / SETTINGS_NAME
+    try:
+        audio.check_settings(json.loads(settings_path.read_text()))
+    except (OSError, ValueError) as error:
+        raise TrainError(f"{settings_path}: {error} (rerun the spectrogram stage)") from None
+    manifest = pd.read_csv(manifest_path, dtype={"label": str, "sublabel": str}, keep_default_na=False)
+    labelled = manifest[manifest["label"] != ""].reset_index(drop=True)
+    if labelled.empty:
+        raise TrainError(f"{manifest_path}: no labelled images")
+    missing = [name for name in labelled["image"] if not (spectrograms_dir / name).is_file()]
+    if missing:
+        raise TrainError(f"{manifest_path}: {len(missing)} image(s) missing, e.g. {missing[0]} (rerun the spectrogram stage)")
+    return labelled
+
+
+def load_image(spectrograms_dir: Path, image: str, image_size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(spectrograms_dir / image) as png:
+        return audio.model_input(np.asarray(png.convert("L")), image_size)
+
+
+def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: list[str], settings: TrainSettings,
+                      class_weights: np.ndarray | None = None):
+    """fastai DataLoaders over the manifest's images (column is_valid marks the validation side)."""
+    from fastai.vision.all import CategoryBlock, ColReader, ColSplitter, DataBlock, ImageBlock, Normalize, PILImage
+
+    def get_x(row):
+        return PILImage.create(load_image(spectrograms_dir, row["image"], settings.image_size))
+
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=classes)), get_x=get_x, get_y=ColReader("label"),
+        splitter=ColSplitter("is_valid"),
+        # ImageNet normalisation in every mode, so that one exported model serves them all
+        batch_tfms=[Normalize.from_stats(list(model.IMAGENET_MEAN), list(model.IMAGENET_STD))],
+    )
+    if settings.balance == "oversample":
+        datasets = block.datasets(windows)
+        weights = class_weights[[classes.index(label) for label in windows.loc[~windows["is_valid"], "label"]]]
+        return datasets.weighted_dataloaders(weights / weights.sum(), bs=settings.batch_size, num_workers=0)
+    return block.dataloaders(windows, bs=settings.batch_size, num_workers=0)
+
+
+# ---------------------------------------------------------------- frozen-body features
+
+def bf16_available() -> bool:
+    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def body_features(network, spectrograms_dir: Path, images: list[str], settings: TrainSettings, cache_key: str,
+                  progress: bool = True) -> torch.Tensor:
+    """The frozen body's pooled output for each image, (n_images, 1024); cached on disk by content key.
+
+    network[0] is the body, network[1][:2] fastai's parameter-free AdaptiveConcatPool2d + Flatten.
+    """
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    cache_path = spectrograms_dir / "features" / f"{cache_key}.safetensors"
+    if cache_path.is_file():
+        return load_file(str(cache_path))["features"]
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_available())
+    extractor = torch.nn.Sequential(network[0], network[1][:2]).eval().to(memory_format=torch.channels_last)
+    chunk = 8
+    outputs = []
+    bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        for start in range(0, len(images), chunk):
+            batch = model.images_to_tensor(
+                [load_image(spectrograms_dir, name, settings.image_size) for name in images[start:start + chunk]]
+            ).expand(-1, 3, -1, -1)
+            mean = torch.tensor(model.IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1)
+            batch = ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+            outputs.append(extractor(batch).float())
+            bar.update(len(batch))
+    bar.close()
+    features = torch.cat(outputs)
+    with atomic_path(cache_path) as tmp:
+        save_file({"features": features.contiguous()}, str(tmp))
+    return features
+
+
+def feature_cache_key(state_digest: str, windows: pd.DataFrame, settings: TrainSettings) -> str:
+    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_available())
+    identity = [state_digest, settings.image_size, "bf16" if use_bf16 else "fp32", torch.__version__]
+    identity += windows[["image", "settings_hash", "source_size", "source_mtime_ns"]].astype(str).to_numpy().tolist()
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+
+
+def state_digest(state: dict | None) -> str:
+    if state is None:
+        return "random"
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def feature_dataloaders(features: torch.Tensor, targets: np.ndarray, is_valid: np.ndarray, batch_size: int,
+                        sample_weights: np.ndarray | None = None):
+    """fastai DataLoaders over precomputed features: shuffled, drop_last training batches as for images."""
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+
+    items = list(zip(features, torch.as_tensor(targets, dtype=torch.long)))
+    train_items = [item for item, valid in zip(items, is_valid) if not valid]
+    valid_items = [item for item, valid in zip(items, is_valid) if valid]
+
+    class WeightedDataLoader(DataLoader):
+        # oversampling: each epoch draws its batches with replacement, rare classes more often
+        def get_idxs(self):
+            return list(np.random.choice(self.n, self.n, p=sample_weights / sample_weights.sum()))
+
+    train_class = WeightedDataLoader if sample_weights is not None else DataLoader
+    train_dl = train_class(train_items, bs=batch_size, shuffle=True, drop_last=True)
+    valid_dl = DataLoader(valid_items, bs=max(batch_size, 64), shuffle=False)
+    return DataLoaders(train_dl, valid_dl)
+
+
+# ---------------------------------------------------------------- the study
+
+def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, settings: TrainSettings | None = None,
+          *, runs_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Train, report and save one run; returns the run folder. The folder appears only when complete.
+
+    With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
+    time and settings.name, and runs_dir/latest is pointed at it.
+    """
+    settings = settings or TrainSettings()
+    settings.validate()
+    spectrograms_dir = Path(spectrograms_dir)
+    started = time.time()
+    runs_dir, run_dir = _run_location(run_dir, runs_dir, settings)
+    windows = read_spectrograms(spectrograms_dir)
+    pretrained_state, weights_description = (
+        model.load_pretrained_state(settings.weights) if settings.pretrained else (None, "none: trained from scratch")
+    )
+
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work_dir.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the run from other users
+    try:
+        _train_into(work_dir, run_dir.name, spectrograms_dir, windows, settings, pretrained_state, weights_description,
+                    started, progress)
+        os.replace(work_dir, run_dir)  # the run folder appears complete, or not at all
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    if runs_dir is not None:
+        _point_latest(runs_dir, run_dir)
+    return run_dir
+
+
+def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrained_state, weights_description, started, progress):
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, error_rate, set_seed, vision_learner
+
+    classes = [name for name in CLASSES if name in set(windows["label"])]
+
+    # The split is by recording: all windows of a recording sit on the same side.
+    recordings = split.recordings_table(windows)
+    split_table = split.make_split(recordings, settings.split, settings.valid_fraction, settings.seed)
+    atomic_write_text(run_dir / "split.csv", split_table[["recording", "patient_id", "label", "split"]].to_csv(index=False))
+    windows = windows.merge(split_table[["recording", "split"]], on="recording")
+    windows["is_valid"] = windows["split"] == "valid"
+    if windows["is_valid"].all() or not windows["is_valid"].any():
+        raise TrainError("the split left one side empty: too few recordings or patients for a validation set")
+    train_recordings = split_table[split_table["split"] == "train"]
+    majority_class = train_recordings["label"].value_counts().idxmax()
+
+    # Class balance (--balance): inverse frequency of the training windows.
+    train_counts = windows.loc[~windows["is_valid"], "label"].value_counts().reindex(classes, fill_value=0).to_numpy()
+    class_weights = train_counts.sum() / (len(classes) * np.maximum(train_counts, 1))
+    loss_weight = torch.tensor(class_weights, dtype=torch.float32) if settings.balance == "weights" else None
+    loss_func = CrossEntropyLossFlat(weight=loss_weight)
+
+    # The network: ResNet-34 with fastai's head; ImageNet body frozen (vision_learner freezes when pretrained).
+    set_seed(settings.seed, reproducible=True)
+    dls = image_dataloaders(spectrograms_dir, windows, classes, settings, class_weights)
+    learn = vision_learner(dls, model.resnet34_arch(pretrained_state), pretrained=settings.pretrained,
+                           loss_func=loss_func, metrics=error_rate, path=run_dir / ".fastai")
+    features_mode = settings.mode == "features" and settings.pretrained
+    training_mode = (
+        "features: frozen body (BatchNorm statistics included) run once, head trained on its outputs" if features_mode
+        else "finetune: frozen body with trainable BatchNorm (fastai default), head trained on images" if settings.pretrained
+        else "from scratch: whole network trained on images (no pretrained body to freeze)"
+    )
+
+    # Learning-rate finder and one-cycle training, as published.
+    set_seed(settings.seed, reproducible=True)
+    if features_mode:
+        key = feature_cache_key(state_digest(pretrained_state), windows, settings)
+        features = body_features(learn.model, spectrograms_dir, list(windows["image"]), settings, key, progress)
+        targets = np.array([classes.index(label) for label in windows["label"]])
+        sample_weights = class_weights[targets[~windows["is_valid"].to_numpy()]] if settings.balance == "oversample" else None
+        head_dls = feature_dataloaders(features, targets, windows["is_valid"].to_numpy(), settings.batch_size, sample_weights)
+        trainer = Learner(head_dls, learn.model[1][2:], loss_func=loss_func, metrics=error_rate, path=run_dir / ".fastai")
+    else:
+        trainer = learn
+    if not progress:
+        trainer.remove_cbs([cb for cb in trainer.cbs if type(cb).__name__ == "ProgressCallback"])
+    suggestion = trainer.lr_find(show_plot=False)
+    lr = settings.lr or float(suggestion.valley)
+    _save_lr_find_plot(trainer, float(suggestion.valley), run_dir / "lr_find.png")
+    set_seed(settings.seed, reproducible=True)
+    trainer.fit_one_cycle(settings.epochs, lr)
+    epoch_log = _epoch_log(trainer, first_epoch=0)
+    if settings.unfreeze_epochs:
+        learn.unfreeze()  # second stage: the whole network, lower rates for the earlier layers
+        learn.fit_one_cycle(settings.unfreeze_epochs, slice(lr / 100, lr / 10))
+        epoch_log = pd.concat([epoch_log, _epoch_log(learn, first_epoch=settings.epochs)], ignore_index=True)
+    atomic_write_text(run_dir / "epochs.csv", epoch_log.to_csv(index=False))
+
+    # Validation predictions: windows -> recordings by mean probability.
+    if features_mode and not settings.unfreeze_epochs:
+        window_probs, _ = trainer.get_preds(dl=head_dls.valid)
+    else:
+        window_probs, _ = learn.get_preds(dl=learn.dls.valid)
+    valid_windows = windows[windows["is_valid"]].reset_index(drop=True)
+    predictions = recording_predictions(valid_windows, window_probs.numpy(), classes)
+    atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
+
+    # Save: weights (safetensors), model.json, ONNX for predict, config.json.
+    network = learn.model.eval()
+    model_info = {
+        "model_id": run_name, "arch": "resnet34", "classes": classes, "image_size": settings.image_size,
+        "audio_settings": audio.SETTINGS.to_dict(), "weights_file": model.WEIGHTS_FILE, "onnx_file": model.ONNX_FILE,
+        "input": "grayscale spectrogram window in [0, 1], (n, 1, image_size, image_size); output: class probabilities",
+        "combine_windows": "mean of window probabilities",
+    }
+    model.save_model(run_dir, network, model_info)
+    model.export_onnx(network, settings.image_size, run_dir / model.ONNX_FILE)
+
+    leaked = split.leaked_patients(split_table)
+    notes = []
+    if settings.split == "random":
+        notes.append(f"Random split by recording (the published protocol): {leaked} patients have recordings on both "
+                     "sides, so validation figures are optimistic. The patient-grouped split (the default) does not allow this.")
+    if not settings.pretrained:
+        notes.append("No pretrained weights: the whole network was trained from scratch.")
+    elif settings.weights:
+        notes.append(f"Pretrained body read from {settings.weights}.")
+    valid_side = split_table[split_table["split"] == "valid"]
+    context = {
+        "title": f"heartbeat run {run_name}", "split": settings.split, "weights": weights_description,
+        "training_mode": training_mode, "n_train_recordings": int(len(train_recordings)),
+        "n_train_patients": int(train_recordings["patient_id"].nunique()),
+        "n_valid_patients": int(valid_side["patient_id"].nunique()), "leaked_patients": leaked,
+        "notes": notes, "settings": dataclasses.asdict(settings), "lr_suggestion": float(suggestion.valley),
+        "lr_used": lr,
+    }
+    from heartbeat.report import write_report
+
+    write_report(run_dir, predictions, classes, majority_class=majority_class, context=context, epoch_log=epoch_log)
+    atomic_write_json(run_dir / "config.json", {
+        "train_settings": dataclasses.asdict(settings), "audio_settings": audio.SETTINGS.to_dict(),
+        "spectrograms": str(spectrograms_dir), "classes": classes, "majority_class": majority_class,
+        "training_mode": training_mode, "weights": weights_description, "lr_suggestion": float(suggestion.valley),
+        "lr_used": lr, "n_windows": {"train": int((~windows["is_valid"]).sum()), "valid": int(windows["is_valid"].sum())},
+        "seconds": round(time.time() - started, 1), "versions": _versions(), "git_commit": _git_commit(),
+        "command": " ".join(sys.argv),
+    })
+    shutil.rmtree(run_dir / ".fastai", ignore_errors=True)
+
+
+def recording_predictions(valid_windows: pd.DataFrame, window_probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per recording: its windows' probabilities combined (metrics.combine_windows) and the argmax class."""
+    rows = []
+    for recording, group in valid_windows.groupby("recording", sort=True):
+        probabilities = metrics.combine_windows(window_probs[group.index.to_numpy()])
+        rows.append({
+            "recording": recording, "patient_id": group["patient_id"].iloc[0], "label": group["label"].iloc[0],
+            "predicted": classes[int(np.argmax(probabilities))], "windows": len(group),
+            **{f"prob_{name}": float(p) for name, p in zip(classes, probabilities)},
+        })
+    return pd.DataFrame(rows)
+
+
+def _epoch_log(learner, first_epoch: int) -> pd.DataFrame:
+    names = learner.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+    rows = [dict(zip(names, values)) for values in learner.recorder.values]
+    log = pd.DataFrame(rows).rename(columns={"error_rate": "error_rate"})
+    log.insert(0, "epoch", range(first_epoch, first_epoch + len(log)))
+    return log
+
+
+def _save_lr_find_plot(learner, suggestion: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    learner.recorder.plot_lr_find()
+    figure = plt.gcf()
+    axes = figure.axes[0]
+    axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"valley {suggestion:.2e}")
+    axes.legend()
+    axes.set_title("Learning-rate finder")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _run_location(run_dir, runs_dir, settings: TrainSettings) -> tuple[Path | None, Path]:
+    """(folder whose `latest` pointer to update, or None for an explicit run_dir; the run folder to create)."""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if run_dir.exists():
+            raise TrainError(f"{run_dir}: already exists (runs are never overwritten; choose another --out)")
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        return None, run_dir
+    runs_dir = Path(runs_dir) if runs_dir is not None else config.RUNS_DIR
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{settings.name or settings.split}"
+    suffix = 1
+    while (runs_dir / name).exists():  # two runs in the same second
+        suffix += 1
+        name = f"{stamp}-{settings.name or settings.split}-{suffix}"
+    return runs_dir, runs_dir / name
+
+
+def _point_latest(runs_dir: Path, run_dir: Path) -> None:
+    """runs_dir/latest -> run_dir, replaced atomically (a symlink renamed over the old one)."""
+    link = runs_dir / "latest"
+    tmp = runs_dir / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)
+
+
+def _versions() -> dict:
+    import fastai
+    import torchvision
+
+    from heartbeat import __version__
+
+    return {"heartbeat": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "fastai": fastai.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__}
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return result.stdout.strip() + ("+dirty" if dirty else "") if result.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
