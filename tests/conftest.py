@@ -49,8 +49,10 @@ def dataset_dir(tmp_path) -> Path:
 def trained_run(tmp_path_factory):
     """A tiny model trained once per test session on synthetic recordings (from scratch, 32 px, 1 epoch).
 
-    Returns a dict: data (the Dataset-B-shaped folder), spectrograms, run (the run folder).
+    Returns a dict: data (the Dataset-B-shaped folder), spectrograms, run (the run folder),
+    initial_body (the network's weights as vision_learner received them, before training).
     """
+    from heartbeat import model
     from heartbeat.spectrograms import build_spectrograms
     from heartbeat.synth import write_dataset_b
     from heartbeat.train import TrainSettings, train
@@ -60,5 +62,31 @@ def trained_run(tmp_path_factory):
                            seconds=(2.0, 8.0), seed=5)
     build_spectrograms(data, root / "spectrograms", jobs=1, progress=False)
     settings = TrainSettings(pretrained=False, image_size=32, epochs=1, batch_size=8, seed=1)
-    run = train(root / "spectrograms", root / "run", settings, progress=False)
-    return {"data": data, "spectrograms": root / "spectrograms", "run": run}
+    with pytest.MonkeyPatch.context() as patch:
+        initial_body = record_initial_network(patch)
+        run = train(root / "spectrograms", root / "run", settings, progress=False)
+    return {"data": data, "spectrograms": root / "spectrograms", "run": run, "initial_body": initial_body}
+
+
+def record_initial_network(patch) -> dict:
+    """Patch model.resnet34_arch so the state of the network it builds is captured before any training."""
+    from fastai.vision.learner import model_meta
+
+    from heartbeat import model
+
+    captured = {}
+    real_arch = model.resnet34_arch
+
+    def arch_recording(state):
+        build = real_arch(state)
+
+        def resnet34(weights=None, **kwargs):
+            network = build(weights, **kwargs)
+            captured.update({key: value.clone() for key, value in network.state_dict().items()})
+            return network
+
+        model_meta[resnet34] = model_meta[build]
+        return resnet34
+
+    patch.setattr(model, "resnet34_arch", arch_recording)
+    return captured
