@@ -19,7 +19,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py)
 STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/spectrograms.py
 
-.PHONY: help install spectrograms test bench bench-spectrograms clean
+.PHONY: help install spectrograms test bench bench-spectrograms bench-predict clean
 
 help: ## list the targets
 	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
@@ -49,10 +49,13 @@ $(DATA)/set_b.csv:
 test: $(INSTALLED) ## run the test suite (synthetic audio; a few tests also use ../shared/data/heartbeat-sounds when present)
 	$(BIN)/python -m pytest -q
 
-bench: bench-spectrograms ## run every benchmark and print its figures
+bench: bench-spectrograms bench-predict ## run every benchmark and print its figures
 
 bench-spectrograms: $(INSTALLED) ## stage 1 speed vs the published recipe, no-op rerun, peak RSS (real data)
 	$(BIN)/python scripts/bench_spectrograms.py
+
+bench-predict: $(INSTALLED) ## predict cold start vs fastai load_learner, all 656 recordings, peak RSS (real data; trains a stand-in 512-px model unless MODEL=run)
+	$(BIN)/python scripts/bench_predict.py $(if $(MODEL),--model $(MODEL))
 
 clean: ## remove generated outputs under data/ (keeps data/README.md and the venv)
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,373 @@
+"""heartbeat predict: same answers as the trained Learner, every bad input, JSON schema, formats, safety.
+
+Uses the session's tiny trained model (conftest.trained_run: 32 px, trained from scratch).
+The CLI is called in-process through heartbeat.cli.main; subprocesses only where a fresh
+interpreter is the point (what gets imported, the standalone script).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from conftest import write_wav
+from heartbeat import audio, cli, config
+from heartbeat.predict import load_predictor
+from heartbeat.synth import heartbeat_signal
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON_KEYS = {"file", "label", "probabilities", "windows", "model_id"}
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(["predict", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def model_folder_copy(run: Path, destination: Path) -> Path:
+    """A model folder like `run`: model.json copied (to edit), the large files symlinked."""
+    destination.mkdir()
+    shutil.copy(run / "model.json", destination / "model.json")
+    for name in ("model.onnx", "model.onnx.data", "model.safetensors"):
+        (destination / name).symlink_to(run / name)
+    return destination
+
+
+@pytest.fixture
+def good_wav(tmp_path) -> Path:
+    return write_wav(tmp_path / "good.wav", heartbeat_signal("normal", 6.0, rng=np.random.default_rng(1)), 4000)
+
+
+# ---------------------------------------------------------------- same answers as training
+
+def test_predict_matches_the_learners_validation_predictions(trained_run, capsys):
+    run = trained_run["run"]
+    with open(run / "predictions.csv", newline="") as handle:
+        expected = list(csv.DictReader(handle))
+    classes = json.loads((run / "model.json").read_text())["classes"]
+    assert expected and any(int(row["windows"]) > 1 for row in expected)  # multi-window recordings are covered
+    paths = [trained_run["data"] / "set_b" / row["recording"] for row in expected]
+
+    code, out, err = run_cli(capsys, "--json", "--model", run, *paths)
+
+    assert (code, err) == (0, "")
+    results = json_lines(out)
+    assert [result["file"] for result in results] == [str(path) for path in paths]
+    for row, result in zip(expected, results):
+        assert result["label"] == row["predicted"], row["recording"]
+        assert result["windows"] == int(row["windows"]), row["recording"]
+        for name in classes:
+            assert result["probabilities"][name] == pytest.approx(float(row[f"prob_{name}"]), abs=1e-4), row["recording"]
+
+
+def test_onnx_graph_matches_the_trained_torch_network(trained_run):
+    import torch
+
+    from heartbeat import model
+
+    network, info = model.load_model(trained_run["run"])
+    size = info["image_size"]
+    images = list(np.random.default_rng(0).integers(0, 256, size=(5, size, size), dtype=np.uint8))
+    with torch.no_grad():
+        expected = model.Classifier(network).eval()(model.images_to_tensor(images)).numpy()
+    actual = load_predictor(trained_run["run"]).window_probabilities(images)
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
+
+
+def test_file_names_agree_with_the_model_module():
+    from heartbeat import model, predict
+
+    assert (predict.MODEL_FILE, predict.ONNX_FILE) == (model.MODEL_FILE, model.ONNX_FILE)
+
+
+# ---------------------------------------------------------------- output
+
+def test_json_lines_schema(trained_run, tmp_path, capsys):
+    info = json.loads((trained_run["run"] / "model.json").read_text())
+    long_wav = write_wav(tmp_path / "long.wav", heartbeat_signal("murmur", 12.0, rng=np.random.default_rng(2)), 4000)
+    short_wav = write_wav(tmp_path / "short.wav", heartbeat_signal("extrastole", 3.0, rng=np.random.default_rng(3)), 4000)
+
+    code, out, _ = run_cli(capsys, "--json", "--model", trained_run["run"], long_wav, short_wav)
+
+    assert code == 0
+    results = json_lines(out)
+    assert len(results) == 2
+    for result in results:
+        assert set(result) == JSON_KEYS
+        assert isinstance(result["file"], str) and isinstance(result["label"], str)
+        assert list(result["probabilities"]) == info["classes"]
+        assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in result["probabilities"].values())
+        assert math.isclose(sum(result["probabilities"].values()), 1.0, abs_tol=1e-5)
+        assert result["label"] == max(result["probabilities"], key=result["probabilities"].get)
+        assert result["model_id"] == info["model_id"]
+    assert [result["windows"] for result in results] == [math.ceil(12.0 / audio.SETTINGS.window_seconds), 1]
+
+
+def test_table_output(trained_run, good_wav, capsys):
+    classes = json.loads((trained_run["run"] / "model.json").read_text())["classes"]
+
+    code, out, _ = run_cli(capsys, "--model", trained_run["run"], good_wav)
+
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["file", "predicted", *classes, "windows"]
+    fields = row.split()
+    assert fields[0] == str(good_wav) and fields[1] in classes and fields[-1] == "2"
+    assert math.isclose(sum(float(value) for value in fields[2:-1]), 1.0, abs_tol=1e-3)
+
+
+def test_default_model_is_the_latest_run(trained_run, good_wav, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "latest").symlink_to(trained_run["run"])
+    monkeypatch.setattr(config, "RUNS_DIR", runs)
+
+    code, out, _ = run_cli(capsys, "--json", good_wav)
+
+    assert code == 0
+    assert json_lines(out)[0]["model_id"] == json.loads((trained_run["run"] / "model.json").read_text())["model_id"]
+
+
+# ---------------------------------------------------------------- input formats
+
+def test_stereo_44k_float_and_mono_4k_16bit_of_the_same_sound_agree(trained_run, tmp_path, capsys):
+    sound = heartbeat_signal("murmur", 6.0, 4000, rng=np.random.default_rng(7))
+    mono_4k = write_wav(tmp_path / "mono_4k_16bit.wav", sound, 4000, "PCM_16")
+    at_44k = soxr.resample(sound, 4000, 44100, quality="HQ")
+    stereo_44k = write_wav(tmp_path / "stereo_44k_float.wav", np.stack([at_44k, 0.7 * at_44k], axis=1), 44100, "FLOAT")
+    assert soundfile.info(str(stereo_44k)).channels == 2
+
+    code, out, _ = run_cli(capsys, "--json", "--model", trained_run["run"], stereo_44k, mono_4k)
+
+    assert code == 0
+    stereo, mono = json_lines(out)
+    assert stereo["label"] == mono["label"]
+    # Same duration once resampled (read as 4 kHz, the 44.1 kHz file would be 11x longer: 13 windows).
+    assert stereo["windows"] == mono["windows"] == 2
+    # Not identical: the resampler's anti-aliasing roll-off dims the top mel bands (above ~1.8 kHz).
+    for name, p in mono["probabilities"].items():
+        assert stereo["probabilities"][name] == pytest.approx(p, abs=0.1)
+
+
+@pytest.mark.parametrize("format_, subtype, suffix, tolerance", [
+    ("WAV", "PCM_U8", "wav", 0.03),   # 8-bit: quantisation noise at -48 dB shows in an 80 dB image
+    ("WAV", "PCM_16", "wav", 0.01),
+    ("WAV", "PCM_24", "wav", 1e-4),
+    ("WAV", "PCM_32", "wav", 1e-4),
+    ("WAV", "DOUBLE", "wav", 1e-4),
+    ("FLAC", "PCM_16", "flac", 0.01),
+    ("OGG", "VORBIS", "ogg", 0.03),  # lossy
+])
+def test_audio_formats(trained_run, tmp_path, capsys, format_, subtype, suffix, tolerance):
+    sound = heartbeat_signal("extrastole", 6.0, 4000, rng=np.random.default_rng(4))
+    reference = write_wav(tmp_path / "reference.wav", sound, 4000, "FLOAT")
+    other = tmp_path / f"other.{suffix}"
+    soundfile.write(str(other), sound, 4000, subtype=subtype, format=format_)
+
+    code, out, err = run_cli(capsys, "--json", "--model", trained_run["run"], reference, other)
+
+    assert (code, err) == (0, "")
+    expected, actual = json_lines(out)
+    assert actual["windows"] == expected["windows"]
+    for name, p in expected["probabilities"].items():
+        assert actual["probabilities"][name] == pytest.approx(p, abs=tolerance)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_every_bad_file_gets_one_line_and_the_good_ones_are_still_predicted(trained_run, tmp_path, good_wav, capsys):
+    rate = 4000
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, 2 * rate).astype(np.float32)
+    with_nan, with_inf = noise.copy(), noise.copy()
+    with_nan[100] = np.nan
+    with_inf[100] = np.inf
+    (tmp_path / "text.wav").write_text("this is not audio\n")
+    (tmp_path / "folder.wav").mkdir()
+    bad = {
+        tmp_path / "missing.wav": "no such file",
+        tmp_path / "folder.wav": "is a directory",
+        tmp_path / "text.wav": "not a readable audio file",
+        write_wav(tmp_path / "empty.wav", np.zeros(0, np.float32), rate): "no samples",
+        write_wav(tmp_path / "short.wav", noise[: int(0.3 * rate)], rate): "0.30 s long, shorter than the minimum 0.5 s",
+        write_wav(tmp_path / "nan.wav", with_nan, rate, "FLOAT"): "NaN or infinite",
+        write_wav(tmp_path / "inf.wav", with_inf, rate, "FLOAT"): "NaN or infinite",
+        write_wav(tmp_path / "silent.wav", np.zeros(2 * rate, np.float32), rate): "silent",
+    }
+    paths = list(bad)
+    paths.insert(4, good_wav)  # a good file among the bad ones, and another at the end
+    paths.append(good_wav)
+
+    code, out, err = run_cli(capsys, "--json", "--model", trained_run["run"], *paths)
+
+    assert code == cli.EXIT_FAILED
+    assert [result["file"] for result in json_lines(out)] == [str(good_wav)] * 2
+    lines = err.splitlines()
+    assert len(lines) == len(bad)
+    for line, (path, problem) in zip(lines, bad.items()):
+        assert line.startswith(f"heartbeat: {path}: ") and problem in line, line
+
+
+# ---------------------------------------------------------------- bad model folders
+
+def _missing_folder(run, tmp_path):
+    return tmp_path / "no-such-run", "no model folder there"
+
+
+def _without_model_json(run, tmp_path):
+    folder = model_folder_copy(run, tmp_path / "run")
+    (folder / "model.json").unlink()
+    return folder, "model.json is missing"
+
+
+def _without_onnx(run, tmp_path):
+    folder = model_folder_copy(run, tmp_path / "run")
+    (folder / "model.onnx").unlink()
+    return folder, "model.onnx is missing"
+
+
+def _without_onnx_weights(run, tmp_path):
+    folder = model_folder_copy(run, tmp_path / "run")
+    (folder / "model.onnx.data").unlink()
+    return folder, "model.onnx.data"
+
+
+def _malformed_model_json(run, tmp_path):
+    folder = model_folder_copy(run, tmp_path / "run")
+    (folder / "model.json").write_text('{"classes": ["a", ')
+    return folder, "not readable as JSON"
+
+
+def _different_hop_length(run, tmp_path):
+    folder = model_folder_copy(run, tmp_path / "run")
+    info = json.loads((folder / "model.json").read_text())
+    info["audio_settings"]["hop_length"] += 1
+    (folder / "model.json").write_text(json.dumps(info))
+    return folder, f"hop_length: model has {audio.SETTINGS.hop_length + 1}, this code has {audio.SETTINGS.hop_length}"
+
+
+def _not_onnx(run, tmp_path):
+    folder = model_folder_copy(run, tmp_path / "run")
+    (folder / "model.onnx").unlink()
+    (folder / "model.onnx").write_bytes(b"not a model")
+    return folder, "not a usable ONNX model"
+
+
+@pytest.mark.parametrize("make_folder", [_missing_folder, _without_model_json, _without_onnx, _without_onnx_weights,
+                                         _malformed_model_json,
+                                         _different_hop_length, _not_onnx])
+def test_an_unusable_model_folder_is_one_clear_message(trained_run, tmp_path, good_wav, capsys, make_folder):
+    folder, problem = make_folder(trained_run["run"], tmp_path)
+
+    code, out, err = run_cli(capsys, "--model", folder, good_wav)
+
+    assert code == cli.EXIT_USAGE
+    assert out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"heartbeat: error: {folder}") and problem in err, err
+
+
+def test_a_missing_latest_run_says_how_to_get_one(tmp_path, good_wav, monkeypatch, capsys):
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
+
+    code, _, err = run_cli(capsys, good_wav)
+
+    assert code == cli.EXIT_USAGE
+    assert "latest: no model folder there" in err and "heartbeat train" in err and "--model" in err
+
+
+# ---------------------------------------------------------------- safety
+
+class _CreatesMarker:
+    """Unpickling this creates the marker file: what a malicious pickle's code would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_is_never_unpickled(trained_run, tmp_path, good_wav, capsys):
+    from heartbeat import model
+
+    marker = tmp_path / "pickle-ran"
+    payload = pickle.dumps(_CreatesMarker(marker))
+    pickle.loads(payload).close()  # the payload works: loading it does create the marker
+    assert marker.exists()
+    marker.unlink()
+    folder = model_folder_copy(trained_run["run"], tmp_path / "untrusted-run")
+    for name in ("export.pkl", "model.pkl", "learner.pkl", "model.pth", "model.pt", "pytorch_model.bin", "checkpoint.pth"):
+        (folder / name).write_bytes(payload)
+
+    code, out, _ = run_cli(capsys, "--json", "--model", folder, good_wav)
+    network, _ = model.load_model(folder)
+
+    assert code == 0 and json_lines(out)[0]["file"] == str(good_wav)
+    assert network is not None
+    assert not marker.exists()
+
+
+def test_onnx_weights_outside_the_model_folder_are_refused(trained_run, tmp_path, good_wav, capsys):
+    import onnx
+
+    folder = model_folder_copy(trained_run["run"], tmp_path / "run")
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    elsewhere = str(trained_run["run"].resolve() / "model.onnx.data")  # same weights, outside the folder
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = elsewhere
+    (folder / "model.onnx").unlink()
+    onnx.save(graph, str(folder / "model.onnx"))
+
+    code, out, err = run_cli(capsys, "--model", folder, good_wav)
+
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    assert len(err.splitlines()) == 1 and "not a usable ONNX model" in err and "External data path" in err, err
+
+
+# ---------------------------------------------------------------- a fresh process
+
+HEAVY_MODULES = ("torch", "torchvision", "fastai", "pandas", "librosa", "matplotlib", "numba", "scipy", "sklearn")
+
+# Runs scripts/predict.py as `python scripts/predict.py ...` would, then lists what got imported.
+SCRIPT_AND_IMPORTS = """
+import json, runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit_:
+    code = exit_.code
+heavy = sorted({name.split(".")[0] for name in sys.modules} & set(%r))
+print(json.dumps({"exit": code, "heavy": heavy}), file=sys.stderr)
+""" % (HEAVY_MODULES,)
+
+
+def test_standalone_script_predicts_without_importing_torch_pandas_or_fastai(trained_run, good_wav, capsys):
+    _, expected_out, _ = run_cli(capsys, "--json", "--model", trained_run["run"], good_wav)
+
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT_AND_IMPORTS, str(ROOT / "scripts" / "predict.py"), "--json", "--model",
+         str(trained_run["run"]), str(good_wav)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""}, cwd=ROOT,
+    )
+
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report == {"exit": 0, "heavy": []}
+    assert result.stdout == expected_out
