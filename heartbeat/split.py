@@ -58,6 +58,38 @@ def patient_split(recordings: pd.DataFrame, valid_fraction: float, seed: int) ->
     return recordings.assign(split=split)
 
 
+def patient_folds(recordings: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
+    """Stratified group k-fold: a fold number per recording, no patient in two folds.
+
+    Greedy, as patient_split: patients in a seeded random order, larger ones first, each to
+    the fold where it leaves all folds' per-class counts closest to their share (1/n_folds of
+    each class), ties to the smaller fold.
+    """
+    rng = np.random.default_rng(seed)
+    counts = pd.crosstab(recordings["patient_id"], recordings["label"])
+    if len(counts) < n_folds:
+        raise ValueError(f"{n_folds} folds need at least {n_folds} patients, there are {len(counts)}")
+    target = counts.sum(axis=0).to_numpy() / n_folds
+    patients = counts.index.to_numpy()
+    shuffled = rng.permutation(len(patients))
+    sizes = counts.to_numpy().sum(axis=1)
+    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+    fold_counts = np.zeros((n_folds, counts.shape[1]))
+    fold_of_patient = {}
+    for index in order:
+        patient_counts = counts.to_numpy()[index]
+        # cost of each choice: squared relative deviation from the per-fold target, over all folds
+        costs = []
+        for fold in range(n_folds):
+            trial = fold_counts.copy()
+            trial[fold] += patient_counts
+            costs.append(np.sum(((trial - target) / np.maximum(target, 1)) ** 2) + 1e-9 * trial[fold].sum())
+        best = int(np.argmin(costs))
+        fold_counts[best] += patient_counts
+        fold_of_patient[patients[index]] = best
+    return recordings["patient_id"].map(fold_of_patient).astype(int)
+
+
 def make_split(recordings: pd.DataFrame, kind: str, valid_fraction: float, seed: int) -> pd.DataFrame:
     if kind == "patient":
         return patient_split(recordings, valid_fraction, seed)

@@ -121,8 +121,25 @@ def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: li
     if settings.balance == "oversample":
         datasets = block.datasets(windows)
         weights = class_weights[[classes.index(label) for label in windows.loc[~windows["is_valid"], "label"]]]
-        return datasets.weighted_dataloaders(weights / weights.sum(), bs=settings.batch_size, num_workers=0)
+        # the block's item and batch transforms are not carried over by weighted_dataloaders itself
+        return datasets.weighted_dataloaders(weights / weights.sum(), bs=settings.batch_size, num_workers=0,
+                                             after_item=block.item_tfms, after_batch=block.batch_tfms)
     return block.dataloaders(windows, bs=settings.batch_size, num_workers=0)
+
+
+def class_balance(train_labels: pd.Series, classes: list[str], balance: str):
+    """(inverse-frequency class weights, loss function) for --balance.
+
+    The weights are n / (k * n_class) over the training windows: 1 for every class when
+    balanced. "weights" puts them in the cross-entropy loss; "oversample" uses them to draw
+    training batches (see image_dataloaders / feature_dataloaders); "none" leaves both plain.
+    """
+    from fastai.vision.all import CrossEntropyLossFlat
+
+    counts = train_labels.value_counts().reindex(classes, fill_value=0).to_numpy()
+    class_weights = counts.sum() / (len(classes) * np.maximum(counts, 1))
+    loss_weight = torch.tensor(class_weights, dtype=torch.float32) if balance == "weights" else None
+    return class_weights, CrossEntropyLossFlat(weight=loss_weight)
 
 
 # ---------------------------------------------------------------- frozen-body features
@@ -206,11 +223,12 @@ def feature_dataloaders(features: torch.Tensor, targets: np.ndarray, is_valid: n
 # ---------------------------------------------------------------- the study
 
 def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, settings: TrainSettings | None = None,
-          *, runs_dir: str | Path | None = None, progress: bool = True) -> Path:
+          *, runs_dir: str | Path | None = None, split_table: pd.DataFrame | None = None, progress: bool = True) -> Path:
     """Train, report and save one run; returns the run folder. The folder appears only when complete.
 
     With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
-    time and settings.name, and runs_dir/latest is pointed at it.
+    time and settings.name, and runs_dir/latest is pointed at it. split_table (columns
+    recording, patient_id, label, split) replaces settings.split: cross-validation passes its folds.
     """
     settings = settings or TrainSettings()
     settings.validate()
@@ -228,7 +246,7 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     work_dir.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the run from other users
     try:
         _train_into(work_dir, run_dir.name, spectrograms_dir, windows, settings, pretrained_state, weights_description,
-                    started, progress)
+                    started, progress, split_table)
         os.replace(work_dir, run_dir)  # the run folder appears complete, or not at all
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -238,14 +256,16 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     return run_dir
 
 
-def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrained_state, weights_description, started, progress):
-    from fastai.vision.all import CrossEntropyLossFlat, Learner, error_rate, set_seed, vision_learner
+def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrained_state, weights_description, started,
+                progress, split_table=None):
+    from fastai.vision.all import Learner, error_rate, set_seed, vision_learner
 
     classes = [name for name in CLASSES if name in set(windows["label"])]
 
     # The split is by recording: all windows of a recording sit on the same side.
-    recordings = split.recordings_table(windows)
-    split_table = split.make_split(recordings, settings.split, settings.valid_fraction, settings.seed)
+    if split_table is None:
+        recordings = split.recordings_table(windows)
+        split_table = split.make_split(recordings, settings.split, settings.valid_fraction, settings.seed)
     atomic_write_text(run_dir / "split.csv", split_table[["recording", "patient_id", "label", "split"]].to_csv(index=False))
     windows = windows.merge(split_table[["recording", "split"]], on="recording")
     windows["is_valid"] = windows["split"] == "valid"
@@ -255,10 +275,7 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
     majority_class = train_recordings["label"].value_counts().idxmax()
 
     # Class balance (--balance): inverse frequency of the training windows.
-    train_counts = windows.loc[~windows["is_valid"], "label"].value_counts().reindex(classes, fill_value=0).to_numpy()
-    class_weights = train_counts.sum() / (len(classes) * np.maximum(train_counts, 1))
-    loss_weight = torch.tensor(class_weights, dtype=torch.float32) if settings.balance == "weights" else None
-    loss_func = CrossEntropyLossFlat(weight=loss_weight)
+    class_weights, loss_func = class_balance(windows.loc[~windows["is_valid"], "label"], classes, settings.balance)
 
     # The network: ResNet-34 with fastai's head; ImageNet body frozen (vision_learner freezes when pretrained).
     set_seed(settings.seed, reproducible=True)
@@ -342,6 +359,7 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
         "train_settings": dataclasses.asdict(settings), "audio_settings": audio.SETTINGS.to_dict(),
         "spectrograms": str(spectrograms_dir), "classes": classes, "majority_class": majority_class,
         "training_mode": training_mode, "weights": weights_description, "lr_suggestion": float(suggestion.valley),
+        "class_weights": dict(zip(classes, map(float, class_weights))),
         "lr_used": lr, "n_windows": {"train": int((~windows["is_valid"]).sum()), "valid": int(windows["is_valid"].sum())},
         "seconds": round(time.time() - started, 1), "versions": _versions(), "git_commit": _git_commit(),
         "command": " ".join(sys.argv),

@@ -1,0 +1,191 @@
+"""Cross-validation: the spread that one split cannot show.
+
+461 recordings are too few for one validation split to say much. `cross_validate` trains one
+run per fold with `heartbeat.train.train` and the same settings (the frozen body's outputs
+are cached, so they are computed once for all folds), collects every out-of-fold prediction
+and summarises each figure over folds (mean, standard deviation, 95 % t-interval) beside the
+majority baseline's.
+
+Protocols:
+- "patient" (default): stratified group k-fold by patient; every labelled recording is
+  predicted exactly once per seed, by a model that never saw its patient.
+- "published": the blog's protocol, one random 70:30 split by recording per seed; patients
+  leak across the split, and the report says how many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from heartbeat import split
+from heartbeat.fileio import atomic_path, atomic_write_json, atomic_write_text
+from heartbeat.metrics import classification_metrics, summarise_folds
+from heartbeat.train import TrainError, TrainSettings, read_spectrograms, train
+
+SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
+    "error_rate": lambda m: m["error_rate"],
+    "balanced_accuracy": lambda m: m["balanced_accuracy"],
+    "macro_f1": lambda m: m["macro_f1"],
+    "youden": lambda m: m["heart_problem"]["youden"],
+}
+
+
+def fold_splits(recordings: pd.DataFrame, protocol: str, folds: int, seeds: list[int], valid_fraction: float):
+    """Yield (seed, fold, split table) for every run of the protocol."""
+    for seed in seeds:
+        if protocol == "patient":
+            fold_of = split.patient_folds(recordings, folds, seed)
+            for fold in range(folds):
+                yield seed, fold, recordings.assign(split=np.where(fold_of == fold, "valid", "train"))
+        elif protocol == "published":
+            yield seed, 0, split.random_split(recordings, valid_fraction, seed)
+        else:
+            raise ValueError(f"unknown protocol {protocol!r} (expected 'patient' or 'published')")
+
+
+def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: TrainSettings, *, folds: int = 5,
+                   seeds: list[int] | None = None, protocol: str = "patient", progress: bool = True) -> dict:
+    """Run every fold, write the CV folder (appears only when complete); return the summary."""
+    spectrograms_dir, out_dir = Path(spectrograms_dir), Path(out_dir)
+    if out_dir.exists():
+        raise TrainError(f"{out_dir}: already exists (choose another --out)")
+    if folds < 2:
+        raise ValueError("--folds must be at least 2")
+    seeds = seeds or [settings.seed]
+    recordings = split.recordings_table(read_spectrograms(spectrograms_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        summary = _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress)
+        umask = os.umask(0)
+        os.umask(umask)
+        work_dir.chmod(0o777 & ~umask)
+        os.replace(work_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    return summary
+
+
+def _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress) -> dict:
+    oof_parts, fold_rows = [], []
+    classes = None
+    for seed, fold, split_table in fold_splits(recordings, protocol, folds, seeds, settings.valid_fraction):
+        run_settings = dataclasses.replace(settings, seed=seed)
+        run_dir = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", run_settings,
+                        split_table=split_table, progress=progress)
+        config = json.loads((run_dir / "config.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        classes = config["classes"]
+        predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"label": str, "predicted": str})
+        oof_parts.append(predictions.assign(fold=fold, seed=seed))
+        row = {"seed": seed, "fold": fold, "n_recordings": metrics["n_recordings"],
+               "leaked_patients": split.leaked_patients(split_table)}
+        for name, read in SUMMARY_FIGURES.items():
+            row[name] = read(metrics)
+            row[f"baseline_{name}"] = read(metrics["majority_baseline"])
+        fold_rows.append(row)
+
+    oof = pd.concat(oof_parts, ignore_index=True)
+    columns = ["recording", "patient_id", "label", "fold", "seed", "predicted", "windows"]
+    oof = oof[columns + [f"prob_{name}" for name in classes]]
+    atomic_write_text(work_dir / "oof.csv", oof.to_csv(index=False))
+    per_fold = pd.DataFrame(fold_rows)
+    atomic_write_text(work_dir / "folds.csv", per_fold.to_csv(index=False))
+
+    summary = summarise(per_fold)
+    majority = recordings["label"].value_counts().idxmax()
+    pooled = classification_metrics(oof["label"].tolist(), oof["predicted"].tolist(), classes, majority_class=majority)
+    summary.update({
+        "protocol": protocol, "folds": folds if protocol == "patient" else 1, "seeds": seeds,
+        "n_runs": len(per_fold), "n_recordings": int(len(recordings)), "n_oof_predictions": int(len(oof)),
+        "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": dataclasses.asdict(settings),
+        "pooled_oof": pooled,
+    })
+    atomic_write_json(work_dir / "summary.json", summary)
+    matrix = pooled["confusion_matrix"]["matrix"]
+    atomic_write_json(work_dir / "confusion_matrix.json", {"classes": classes, "matrix": matrix, "protocol": protocol})
+    from heartbeat.report import plot_confusion_matrix
+
+    plot_confusion_matrix(matrix, classes, f"All out-of-fold predictions ({len(oof)}), {_protocol_name(protocol)}",
+                          work_dir / "confusion_matrix.png")
+    _plot_folds(per_fold, work_dir / "folds.png")
+    atomic_write_text(work_dir / "report.md", _markdown(summary, per_fold, protocol, settings))
+    return summary
+
+
+def summarise(per_fold: pd.DataFrame) -> dict:
+    """Mean, std and 95 % interval over runs of every figure and of its majority baseline."""
+    summary = {}
+    for name in SUMMARY_FIGURES:
+        values = [float(value) for value in per_fold[name] if value is not None and not pd.isna(value)]
+        baseline = [float(value) for value in per_fold[f"baseline_{name}"] if value is not None and not pd.isna(value)]
+        summary[name] = summarise_folds(values) if values else None
+        summary[f"baseline_{name}"] = summarise_folds(baseline) if baseline else None
+    return summary
+
+
+def _protocol_name(protocol: str) -> str:
+    return "patient-grouped k-fold" if protocol == "patient" else "published protocol (random 70:30 by recording)"
+
+
+def _plot_folds(per_fold: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.5))
+    labels = [f"s{seed}/f{fold}" for seed, fold in zip(per_fold["seed"], per_fold["fold"])]
+    positions = np.arange(len(per_fold))
+    for axes, name, title in zip(figure.subplots(1, 2), ["error_rate", "balanced_accuracy"], ["Error rate", "Balanced accuracy"]):
+        axes.bar(positions, per_fold[name].astype(float), color="tab:blue", label="model")
+        axes.plot(positions, per_fold[f"baseline_{name}"].astype(float), "o--", color="tab:red", label="majority baseline")
+        axes.set_xticks(positions, labels, rotation=45, fontsize=8)
+        axes.set_ylim(0, 1)
+        axes.set_title(title)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
+
+
+def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: TrainSettings) -> str:
+    def interval(entry):
+        if entry is None:
+            return "n/a"
+        low, high = entry["ci95"]
+        return f"{entry['mean']:.3f} ± {entry['std']:.3f} (95 % CI {low:.3f}–{high:.3f})"
+
+    lines = [f"# Cross-validation: {_protocol_name(protocol)}", ""]
+    lines.append(f"{summary['n_runs']} runs (seeds {', '.join(map(str, summary['seeds']))}), "
+                 f"{summary['n_recordings']} labelled recordings, {summary['n_oof_predictions']} out-of-fold predictions. "
+                 "Each figure: mean ± standard deviation over runs, and a 95 % t-interval of the mean.")
+    lines.append("")
+    if protocol == "published":
+        leaked = summary["leaked_patients_per_run"]
+        lines.append(f"**Patient leakage**: the published protocol splits recordings at random, so {min(leaked)}–{max(leaked)} "
+                     "patients per run have recordings on both sides; its figures are optimistic.")
+    else:
+        lines.append("Folds are grouped by patient: no patient is in two folds, and every recording is predicted once per "
+                     "seed by a model that never heard its patient.")
+    lines += ["", "| figure | model | majority baseline |", "|---|---|---|"]
+    for name, title in [("error_rate", "error rate"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"),
+                        ("youden", "heart-problem Youden index")]:
+        lines.append(f"| {title} | {interval(summary[name])} | {interval(summary['baseline_' + name])} |")
+    lines += ["", "## Per run", "", "| seed | fold | recordings | error rate | balanced accuracy | macro-F1 | Youden | "
+              "baseline error rate | leaked patients |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in per_fold.itertuples():
+        youden = "n/a" if row.youden is None or pd.isna(row.youden) else f"{row.youden:.3f}"
+        lines.append(f"| {row.seed} | {row.fold} | {row.n_recordings} | {row.error_rate:.3f} | {row.balanced_accuracy:.3f} | "
+                     f"{row.macro_f1:.3f} | {youden} | {row.baseline_error_rate:.3f} | {row.leaked_patients} |")
+    lines += ["", "![per-run figures](folds.png)", "", "## All out-of-fold predictions", "",
+              "![confusion matrix](confusion_matrix.png)", "",
+              f"Settings: {', '.join(f'{key}={value}' for key, value in dataclasses.asdict(settings).items())}.",
+              "Each run's folder (runs/) holds its own report, split and model.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Cross-validation and class balance: folds, out-of-fold completeness, summaries, protocols, --balance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from heartbeat.cv import cross_validate, fold_splits
+from heartbeat.metrics import classification_metrics
+from heartbeat.split import leaked_patients, patient_folds
+from heartbeat.train import TrainSettings, class_balance, feature_dataloaders
+from test_split import dataset_like
+from test_train import standin_weights  # noqa: F401  (session fixture)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_patient_folds_are_disjoint_complete_and_even(seed):
+    recordings = dataset_like(seed)
+    folds = patient_folds(recordings, 5, seed)
+    assert len(folds) == len(recordings) and set(folds) == set(range(5))
+    assert recordings.assign(fold=folds).groupby("patient_id")["fold"].nunique().max() == 1
+    sizes = folds.value_counts()
+    assert sizes.max() - sizes.min() <= 0.25 * len(recordings) / 5
+    for label, group in recordings.assign(fold=folds).groupby("label"):
+        per_fold = group["fold"].value_counts().reindex(range(5), fill_value=0)
+        assert per_fold.max() - per_fold.min() <= max(3, 0.5 * len(group) / 5), label
+
+
+def test_published_protocol_splits_recordings_at_random():
+    recordings = dataset_like(3)
+    runs = list(fold_splits(recordings, "published", 5, [1, 2], 0.3))
+    assert [(seed, fold) for seed, fold, _ in runs] == [(1, 0), (2, 0)]
+    for _, _, table in runs:
+        assert (table["split"] == "valid").sum() == round(0.3 * len(recordings))
+        assert leaked_patients(table) > 0
+    assert not runs[0][2]["split"].equals(runs[1][2]["split"])
+
+
+@pytest.fixture(scope="module")
+def cv_result(trained_run, standin_weights, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("cv") / "cv"
+    features_before = set((trained_run["spectrograms"] / "features").glob("*")) if (trained_run["spectrograms"] / "features").exists() else set()
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="fp32")
+    summary = cross_validate(trained_run["spectrograms"], out, settings, folds=3, seeds=[1, 2], progress=False)
+    features_after = set((trained_run["spectrograms"] / "features").glob("*"))
+    return {"out": out, "summary": summary, "new_feature_files": features_after - features_before}
+
+
+def test_every_labelled_recording_is_out_of_fold_once_per_seed(cv_result, trained_run):
+    oof = pd.read_csv(cv_result["out"] / "oof.csv")
+    for column in ["recording", "patient_id", "label", "fold", "seed", "predicted", "prob_normal"]:
+        assert column in oof.columns
+    manifest = pd.read_csv(trained_run["spectrograms"] / "manifest.csv", keep_default_na=False)
+    labelled = set(manifest.loc[manifest["label"] != "", "recording"])
+    for seed, group in oof.groupby("seed"):
+        assert sorted(group["recording"]) == sorted(labelled)
+        assert group.groupby("patient_id")["fold"].nunique().max() == 1
+    assert len(list((cv_result["out"] / "runs").iterdir())) == 6
+    assert len(cv_result["new_feature_files"]) <= 1, "the body's features were computed more than once"
+
+
+def test_summary_matches_the_out_of_fold_file(cv_result):
+    oof = pd.read_csv(cv_result["out"] / "oof.csv")
+    summary = json.loads((cv_result["out"] / "summary.json").read_text())
+    classes = sorted(oof["label"].unique())
+    error_rates, balanced = [], []
+    for (seed, fold), group in oof.groupby(["seed", "fold"]):
+        metrics = classification_metrics(group["label"].tolist(), group["predicted"].tolist(),
+                                          sorted(set(classes) | set(oof["predicted"])), majority_class="normal")
+        error_rates.append(metrics["error_rate"])
+        balanced.append(metrics["balanced_accuracy"])
+    for name, values in [("error_rate", error_rates), ("balanced_accuracy", balanced)]:
+        entry = summary[name]
+        assert set(entry) >= {"mean", "std", "ci95"}
+        assert entry["mean"] == pytest.approx(np.mean(values))
+        assert entry["std"] == pytest.approx(np.std(values, ddof=1))
+        assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
+    confusion = json.loads((cv_result["out"] / "confusion_matrix.json").read_text())
+    assert np.sum(confusion["matrix"]) == len(oof)
+    report = (cv_result["out"] / "report.md").read_text()
+    assert f"{summary['error_rate']['mean']:.3f} ± {summary['error_rate']['std']:.3f}" in report
+    assert (cv_result["out"] / "folds.png").is_file() and (cv_result["out"] / "confusion_matrix.png").is_file()
+
+
+def test_published_protocol_reports_the_leak(trained_run, standin_weights, tmp_path):  # noqa: F811
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="fp32")
+    summary = cross_validate(trained_run["spectrograms"], tmp_path / "cv", settings, seeds=[4, 5], protocol="published",
+                             progress=False)
+    assert summary["n_runs"] == 2 and summary["protocol"] == "published"
+    assert "Patient leakage" in (tmp_path / "cv" / "report.md").read_text()
+    oof = pd.read_csv(tmp_path / "cv" / "oof.csv")
+    assert sorted(oof["seed"].unique()) == [4, 5]
+
+
+def test_balance_weights_put_inverse_frequencies_in_the_loss():
+    labels = pd.Series(["normal"] * 70 + ["murmur"] * 20 + ["extrastole"] * 10)
+    classes = ["extrastole", "murmur", "normal"]
+    weights, weighted = class_balance(labels, classes, "weights")
+    np.testing.assert_allclose(weights, [100 / 30, 100 / 60, 100 / 210])
+    _, plain = class_balance(labels, classes, "none")
+    assert plain.func.weight is None
+    torch.testing.assert_close(weighted.func.weight, torch.tensor(weights, dtype=torch.float32))
+    # a batch where the rare class (extrastole) is wrong and the common one right: weighting makes the error cost more
+    logits, targets = torch.tensor([[0.0, 0.0, 3.0], [0.0, 0.0, 3.0]]), torch.tensor([0, 2])
+    per_sample = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    expected = float((per_sample * torch.tensor([weights[0], weights[2]])).sum() / (weights[0] + weights[2]))
+    assert float(weighted(logits, targets)) == pytest.approx(expected)
+    assert float(weighted(logits, targets)) > float(plain(logits, targets))
+
+
+def test_oversampling_draws_rare_classes_as_often_as_common_ones():
+    targets = np.array([2] * 70 + [1] * 20 + [0] * 10)
+    features = torch.randn(len(targets), 4)
+    is_valid = np.zeros(len(targets), dtype=bool)
+    weights, _ = class_balance(pd.Series(np.array(["extrastole", "murmur", "normal"])[targets]), ["extrastole", "murmur", "normal"], "oversample")
+
+    def drawn_shares(sample_weights):
+        np.random.seed(0)
+        dls = feature_dataloaders(features, targets, is_valid, 10, sample_weights)
+        drawn = np.concatenate([batch[1].numpy() for _ in range(30) for batch in dls.train])
+        return np.bincount(drawn, minlength=3) / len(drawn)
+
+    balanced = drawn_shares(weights[targets])
+    natural = drawn_shares(None)
+    assert np.all(np.abs(balanced - 1 / 3) < 0.05), balanced
+    np.testing.assert_allclose(natural, [0.1, 0.2, 0.7], atol=0.02)
+
+
+def test_balance_runs_end_to_end(trained_run, standin_weights, tmp_path):  # noqa: F811
+    for balance in ["weights", "oversample"]:
+        settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance, precision="fp32")
+        from heartbeat.train import train
+
+        run = train(trained_run["spectrograms"], tmp_path / balance, settings, progress=False)
+        config = json.loads((run / "config.json").read_text())
+        assert config["train_settings"]["balance"] == balance
+        assert config["class_weights"]["normal"] < 1 < config["class_weights"]["extrastole"]
