@@ -13,13 +13,21 @@ DATA ?= data# folder holding set_b.csv and set_b/ (see data/README.md)
 SPECTROGRAMS ?= data/spectrograms# stage 1 output: images/ + manifest.csv
 JOBS ?=# worker processes for stage 1 (empty: one per core)
 SPECTROGRAM_FLAGS ?=# e.g. --include-unlabelled
+RUNS ?= data/runs# training runs; RUNS/latest points to the newest
+WEIGHTS ?=# ResNet-34 ImageNet weights file (default: the torch hub cache under TORCH_HOME)
+TRAIN_FLAGS ?=# e.g. --no-pretrained, --split random, --mode finetune, --epochs 10
+CV_FLAGS ?= --folds 5# e.g. --seeds 1,2,3 --protocol published --balance weights
+REAL_DATA ?= ../shared/data/heartbeat-sounds# the benchmarks' data
+DEMO := data/demo
+# The demo trains from scratch (no download possible), small and quick: see README "make demo".
+DEMO_FLAGS := --no-pretrained --image-size 128 --epochs 6 --bs 8 --name demo
 
 # The torch build on this machine's disk; never let pip resolve another one.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py)
 STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/spectrograms.py
 
-.PHONY: help install spectrograms test bench bench-spectrograms bench-predict clean
+.PHONY: help install spectrograms train cv demo test bench bench-spectrograms bench-train bench-predict clean
 
 help: ## list the targets
 	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
@@ -42,6 +50,22 @@ $(SPECTROGRAMS)/manifest.csv: $(DATA)/set_b.csv $(wildcard $(DATA)/set_b/*.wav) 
 	$(BIN)/heartbeat spectrograms --data $(DATA) --out $(SPECTROGRAMS) $(if $(JOBS),--jobs $(JOBS)) $(SPECTROGRAM_FLAGS) \
 		|| { test -f $@ && touch -d @0 $@; exit 1; }
 
+train: $(RUNS)/latest/metrics.json ## stage 2: fine-tune ResNet-34 on the spectrograms, write the run folder and its report
+
+$(RUNS)/latest/metrics.json: $(SPECTROGRAMS)/manifest.csv $(PACKAGE_SOURCES) | $(INSTALLED)
+	$(BIN)/heartbeat train --spectrograms $(SPECTROGRAMS) --runs $(RUNS) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS)
+
+cv: $(SPECTROGRAMS)/manifest.csv | $(INSTALLED) ## cross-validation by patient (CV_FLAGS), into data/cv-<time>
+	$(BIN)/heartbeat cv --spectrograms $(SPECTROGRAMS) --out data/cv-$$(date +%Y%m%d-%H%M%S) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS) $(CV_FLAGS)
+
+demo: $(INSTALLED) ## offline quick run: synthetic recordings -> spectrograms -> train (from scratch) -> report, in data/demo
+	$(MAKE) --no-print-directory $(DEMO)/set_b.csv
+	$(MAKE) --no-print-directory train DATA=$(DEMO) SPECTROGRAMS=$(DEMO)/spectrograms RUNS=$(DEMO)/runs TRAIN_FLAGS="$(DEMO_FLAGS)"
+	@echo "demo report: $(DEMO)/runs/latest/report.md"
+
+$(DEMO)/set_b.csv: | $(INSTALLED)
+	$(BIN)/heartbeat synth --out $(DEMO)
+
 $(DATA)/set_b.csv:
 	@echo "No Dataset B in '$(DATA)/': put set_b.csv and set_b/ there (see data/README.md), pass DATA=folder, or run 'make demo'." >&2
 	@exit 1
@@ -49,10 +73,13 @@ $(DATA)/set_b.csv:
 test: $(INSTALLED) ## run the test suite (synthetic audio; a few tests also use ../shared/data/heartbeat-sounds when present)
 	$(BIN)/python -m pytest -q
 
-bench: bench-spectrograms bench-predict ## run every benchmark and print its figures
+bench: bench-spectrograms bench-train bench-predict ## run every benchmark and print its figures
 
 bench-spectrograms: $(INSTALLED) ## stage 1 speed vs the published recipe, no-op rerun, peak RSS (real data)
-	$(BIN)/python scripts/bench_spectrograms.py
+	$(BIN)/python scripts/bench_spectrograms.py --data $(REAL_DATA)
+
+bench-train: $(INSTALLED) ## default training run vs the published recipe's time, peak RSS (real data, stand-in weights)
+	$(BIN)/python scripts/bench_train.py --data $(REAL_DATA)
 
 bench-predict: $(INSTALLED) ## predict cold start vs fastai load_learner, all 656 recordings, peak RSS (real data; trains a stand-in 512-px model unless MODEL=run)
 	$(BIN)/python scripts/bench_predict.py $(if $(MODEL),--model $(MODEL))
