@@ -88,8 +88,10 @@ def _add_train_flags(parser) -> None:
     parser.add_argument("--unfreeze-epochs", type=int, default=0, help="optional second stage: unfreeze and train N more epochs")
     parser.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
                         help="class imbalance: none (published), inverse-frequency loss weights, or oversampling rare classes")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="body forward pass in features mode (auto: bf16 where the CPU supports it)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="body forward pass in features mode: fp32 (default; the report then matches predict), "
+                             "bf16 (faster on CPUs with bf16 instructions; report and predict can differ slightly), "
+                             "auto (bf16 where the CPU has it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -194,12 +194,32 @@ def build_spectrograms(
     return summary
 
 
-def _single_threaded_blas():
+def _worker_setup():
     # Each worker process owns one core: a multi-threaded BLAS inside it (the mel matrix
     # product) would fight the other workers for the cores and halve the throughput.
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    _reuse_freed_memory()
+
+
+def _reuse_freed_memory():
+    """Make glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    Every window allocates a few arrays of 1-2 MB. By default glibc maps each one fresh and
+    unmaps it on free, so every page is faulted in again: that kernel time was about a third
+    of the stage. Measured: 5.6 s -> 3.6 s for all 656 recordings on 2 cores. No-op elsewhere.
+    """
+    import ctypes
+    import ctypes.util
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 256 * 2**20)
+        libc.mallopt(M_TRIM_THRESHOLD, 512 * 2**20)
+    except (OSError, AttributeError):
+        pass  # not glibc: keep its defaults
 
 
 def _run_parallel(recordings, out_dir, settings, jobs, progress):
@@ -210,11 +230,15 @@ def _run_parallel(recordings, out_dir, settings, jobs, progress):
     bar = tqdm(total=len(tasks), desc="spectrograms", unit="rec", disable=not progress, file=sys.stderr)
     try:
         if jobs == 1 or len(tasks) == 1:
-            for task in tasks:
-                yield _worker(task)
-                bar.update()
+            from threadpoolctl import threadpool_limits
+
+            _reuse_freed_memory()
+            with threadpool_limits(1):  # one job means one core; BLAS threads would only spin
+                for task in tasks:
+                    yield _worker(task)
+                    bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=_single_threaded_blas) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup) as pool:
                 # chunks amortise inter-process traffic; small enough to keep the bar moving
                 chunksize = max(1, min(16, len(tasks) // (jobs * 8)))
                 for result in pool.map(_worker, tasks, chunksize=chunksize):

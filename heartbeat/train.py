@@ -55,7 +55,10 @@ class TrainSettings:
     lr: float | None = None  # None: lr_find's "valley" suggestion, as published
     unfreeze_epochs: int = 0  # optional second stage: unfreeze and train everything, discriminative rates
     balance: str = "none"  # "none" (published), "weights" (inverse-frequency loss), "oversample" (rare classes)
-    precision: str = "auto"  # body forward pass in "features" mode: "fp32", "bf16", or "auto" (bf16 where the CPU has it)
+    # Body forward pass in "features" mode. fp32 (default): the report's probabilities are the ones
+    # predict (fp32 ONNX) gives. "bf16" / "auto" (bf16 where the CPU has it) are faster, but the head
+    # then learns and is scored on bf16 features that predict never sees.
+    precision: str = "fp32"
     name: str = ""  # short name in the run folder's name
 
     def validate(self) -> None:
@@ -300,8 +303,10 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
         trainer = Learner(head_dls, learn.model[1][2:], loss_func=loss_func, metrics=error_rate, path=run_dir / ".fastai")
     else:
         trainer = learn
-    if not progress:
-        trainer.remove_cbs([cb for cb in trainer.cbs if type(cb).__name__ == "ProgressCallback"])
+    if not progress:  # no bars and no epoch table (without its ProgressCallback, fastai prints each epoch)
+        for quiet in {id(trainer): trainer, id(learn): learn}.values():
+            quiet.remove_cbs([cb for cb in quiet.cbs if type(cb).__name__ == "ProgressCallback"])
+            quiet.logger = lambda *args, **kwargs: None
     suggestion = trainer.lr_find(show_plot=False)
     lr = settings.lr or float(suggestion.valley)
     _save_lr_find_plot(trainer, float(suggestion.valley), run_dir / "lr_find.png")

@@ -1,6 +1,6 @@
 """Benchmark training on the real Dataset B against the published recipe; prints its figures.
 
-    python scripts/bench_train.py [--data DIR] [--precision auto|fp32|bf16] [--published-batches N]
+    python scripts/bench_train.py [--data DIR] [--precision fp32|bf16|auto] [--published-batches N] [--keep DIR]
 
 In one run:
 1. stage 1 into a fresh temporary folder (so no cached body features exist);
@@ -76,27 +76,45 @@ def published_batch_times(spectrograms: Path, weights: Path, batches: int) -> tu
     return train_batch, valid_batch
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--published-batches", type=int, default=6, help="batches timed for the published recipe")
-    args = parser.parse_args()
-    if not (args.data / "set_b.csv").is_file():
-        print(f"bench-train: no Dataset B at {args.data} (pass --data)", file=sys.stderr)
-        return 2
+def check_folders(name: str, data: Path, keep: Path | None) -> str | None:
+    """The reason the benchmark cannot run, or None."""
+    if not (data / "set_b.csv").is_file():
+        return f"{name}: no Dataset B at {data} (pass --data)"
+    if keep and keep.exists() and any(keep.iterdir()):
+        return f"{name}: {keep} is not empty (its cached features would skew the timing)"
+    return None
+
+
+def prepare(data: Path, scratch: Path) -> tuple[Path, Path]:
+    """A stand-in weights file and stage 1's output in a fresh folder (so no cached body features exist)."""
     import torch
     import torchvision
 
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        weights = scratch / "resnet34-standin.pth"
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet34().state_dict(), weights)
-        spectrograms = scratch / "spectrograms"
-        subprocess.run([sys.executable, "-m", "heartbeat", "spectrograms", "--data", str(args.data), "--out",
-                        str(spectrograms), "--quiet"], check=True)
+    weights = scratch / "resnet34-standin.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet34().state_dict(), weights)
+    spectrograms = scratch / "spectrograms"
+    subprocess.run([sys.executable, "-m", "heartbeat", "spectrograms", "--data", str(data), "--out", str(spectrograms),
+                    "--quiet"], check=True)
+    return weights, spectrograms
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--published-batches", type=int, default=6, help="batches timed for the published recipe")
+    parser.add_argument("--keep", type=Path, help="keep the spectrograms, weights and run here (e.g. for bench_predict --model)")
+    args = parser.parse_args()
+    problem = check_folders("bench-train", args.data, args.keep)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = args.keep or Path(temporary)
+        scratch.mkdir(parents=True, exist_ok=True)
+        weights, spectrograms = prepare(args.data, scratch)
         command = [sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(spectrograms), "--weights",
                    str(weights), "--out", str(scratch / "run"), "--precision", args.precision]
         print("running:", " ".join(command), flush=True)

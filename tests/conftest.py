@@ -90,3 +90,15 @@ def record_initial_network(patch) -> dict:
 
     patch.setattr(model, "resnet34_arch", arch_recording)
     return captured
+
+
+@pytest.fixture(scope="session")
+def standin_weights(tmp_path_factory):
+    """A stand-in for the ImageNet file (random values, torchvision's format): code paths, not accuracy."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet34-standin.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -95,6 +96,22 @@ def test_flac_and_ogg_load(tmp_path):
 
         soundfile.write(str(path), signal, 4000, format=fmt)
         assert audio.load_audio(path).size == pytest.approx(signal.size, abs=64)
+
+
+@pytest.mark.parametrize("kind", ["spectrogram", "random", "one row"])
+def test_png_decodes_to_the_same_pixels(kind):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    image = {
+        "spectrogram": lambda: audio.recording_images(clicks(4.0, 4000))[0][1],
+        "random": lambda: rng.integers(0, 256, size=(37, 53), dtype=np.uint8),  # every byte difference wraps somewhere
+        "one row": lambda: rng.integers(0, 256, size=(1, 9), dtype=np.uint8),
+    }[kind]()
+    with Image.open(io.BytesIO(audio.encode_png(image))) as png:
+        png.load()
+        assert png.mode == "L" and png.size == (image.shape[1], image.shape[0])
+        np.testing.assert_array_equal(np.asarray(png), image)
 
 
 def test_png_is_deterministic():

@@ -14,7 +14,6 @@ from heartbeat.metrics import classification_metrics
 from heartbeat.split import leaked_patients, patient_folds
 from heartbeat.train import TrainSettings, class_balance, feature_dataloaders
 from test_split import dataset_like
-from test_train import standin_weights  # noqa: F401  (session fixture)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -41,10 +40,10 @@ def test_published_protocol_splits_recordings_at_random():
 
 
 @pytest.fixture(scope="module")
-def cv_result(trained_run, standin_weights, tmp_path_factory):  # noqa: F811
+def cv_result(trained_run, standin_weights, tmp_path_factory):
     out = tmp_path_factory.mktemp("cv") / "cv"
     features_before = set((trained_run["spectrograms"] / "features").glob("*")) if (trained_run["spectrograms"] / "features").exists() else set()
-    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="fp32")
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     summary = cross_validate(trained_run["spectrograms"], out, settings, folds=3, seeds=[1, 2], progress=False)
     features_after = set((trained_run["spectrograms"] / "features").glob("*"))
     return {"out": out, "summary": summary, "new_feature_files": features_after - features_before}
@@ -86,8 +85,8 @@ def test_summary_matches_the_out_of_fold_file(cv_result):
     assert (cv_result["out"] / "folds.png").is_file() and (cv_result["out"] / "confusion_matrix.png").is_file()
 
 
-def test_published_protocol_reports_the_leak(trained_run, standin_weights, tmp_path):  # noqa: F811
-    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="fp32")
+def test_published_protocol_reports_the_leak(trained_run, standin_weights, tmp_path):
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     summary = cross_validate(trained_run["spectrograms"], tmp_path / "cv", settings, seeds=[4, 5], protocol="published",
                              progress=False)
     assert summary["n_runs"] == 2 and summary["protocol"] == "published"
@@ -130,9 +129,9 @@ def test_oversampling_draws_rare_classes_as_often_as_common_ones():
     np.testing.assert_allclose(natural, [0.1, 0.2, 0.7], atol=0.02)
 
 
-def test_balance_runs_end_to_end(trained_run, standin_weights, tmp_path):  # noqa: F811
+def test_balance_runs_end_to_end(trained_run, standin_weights, tmp_path):
     for balance in ["weights", "oversample"]:
-        settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance, precision="fp32")
+        settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance)
         from heartbeat.train import train
 
         run = train(trained_run["spectrograms"], tmp_path / balance, settings, progress=False)

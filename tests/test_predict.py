@@ -57,13 +57,13 @@ def good_wav(tmp_path) -> Path:
 
 # ---------------------------------------------------------------- same answers as training
 
-def test_predict_matches_the_learners_validation_predictions(trained_run, capsys):
-    run = trained_run["run"]
+def assert_predict_matches_the_report(run: Path, data: Path, capsys) -> None:
+    """heartbeat predict on a run's validation recordings gives its predictions.csv, to 1e-4."""
     with open(run / "predictions.csv", newline="") as handle:
         expected = list(csv.DictReader(handle))
     classes = json.loads((run / "model.json").read_text())["classes"]
     assert expected and any(int(row["windows"]) > 1 for row in expected)  # multi-window recordings are covered
-    paths = [trained_run["data"] / "set_b" / row["recording"] for row in expected]
+    paths = [data / "set_b" / row["recording"] for row in expected]
 
     code, out, err = run_cli(capsys, "--json", "--model", run, *paths)
 
@@ -75,6 +75,22 @@ def test_predict_matches_the_learners_validation_predictions(trained_run, capsys
         assert result["windows"] == int(row["windows"]), row["recording"]
         for name in classes:
             assert result["probabilities"][name] == pytest.approx(float(row[f"prob_{name}"]), abs=1e-4), row["recording"]
+
+
+def test_predict_matches_the_learners_validation_predictions(trained_run, capsys):
+    assert_predict_matches_the_report(trained_run["run"], trained_run["data"], capsys)
+
+
+def test_predict_matches_a_features_mode_report(trained_run, standin_weights, tmp_path, capsys):
+    # The default mode scores the validation side from cached body features: the report's
+    # probabilities must still be the ones the exported whole network gives.
+    from heartbeat.train import TrainSettings, train
+
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    assert "features" in json.loads((run / "config.json").read_text())["training_mode"]
+    assert capsys.readouterr().out == ""  # progress=False trains silently
+    assert_predict_matches_the_report(run, trained_run["data"], capsys)
 
 
 def test_onnx_graph_matches_the_trained_torch_network(trained_run):

@@ -16,17 +16,6 @@ from heartbeat.train import TrainError, TrainSettings, train
 BODY_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
 
-@pytest.fixture(scope="session")
-def standin_weights(tmp_path_factory):
-    """A stand-in for the ImageNet file (random values, torchvision's format): code paths, not accuracy."""
-    import torchvision
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet34-standin.pth"
-    torch.save(torchvision.models.resnet34().state_dict(), path)
-    return path
-
-
 def body_key(torchvision_key: str) -> str:
     """torchvision's 'layer1.0.conv1.weight' is '0.4.0.conv1.weight' in the fastai network (body = index 0)."""
     child, rest = torchvision_key.split(".", 1)
@@ -109,7 +98,7 @@ def test_report_command_recomputes_the_same_metrics(trained_run, tmp_path, capsy
 
 def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_weights, tmp_path, monkeypatch):
     initial = record_initial_network(monkeypatch)
-    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="fp32")
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
     state = saved_state(run)
     loaded = torch.load(standin_weights, weights_only=True)

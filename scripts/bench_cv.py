@@ -1,0 +1,64 @@
+"""Benchmark 5-fold patient-grouped cross-validation on the real Dataset B; prints its figures.
+
+    python scripts/bench_cv.py [--data DIR] [--folds 5] [--keep DIR]
+
+In one run: stage 1 into a fresh folder (no cached body features, so the one pass of the
+frozen body over every image is included), then `heartbeat cv --folds 5` as a user types it
+(a new process) with the default training settings (features mode, 512 px, 5 epochs) on the
+pretrained path with a stand-in weights file (torchvision's resnet34() with random values:
+timing does not depend on the values, accuracy does, so no accuracy is printed). Prints the
+wall time, the seconds spent on the body features, and peak RSS. Target (2-core machine):
+<= 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_train import DEFAULT_DATA, check_folders, prepare
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--keep", type=Path, help="keep the spectrograms, weights and CV folder here")
+    args = parser.parse_args()
+    problem = check_folders("bench-cv", args.data, args.keep)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = args.keep or Path(temporary)
+        scratch.mkdir(parents=True, exist_ok=True)
+        weights, spectrograms = prepare(args.data, scratch)
+        command = [sys.executable, "-m", "heartbeat", "cv", "--spectrograms", str(spectrograms), "--weights", str(weights),
+                   "--folds", str(args.folds), "--out", str(scratch / "cv"), "--quiet"]
+        print("running:", " ".join(command), flush=True)
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall_s = time.perf_counter() - start
+        peak_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        summary = json.loads((scratch / "cv" / "summary.json").read_text())
+        run_seconds = [json.loads(path.read_text())["seconds"] for path in sorted((scratch / "cv" / "runs").glob("*/config.json"))]
+
+    print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(f"{args.folds}-fold CV, default settings : {wall_s:.0f} s wall ({summary['n_runs']} runs, "
+          f"{summary['n_oof_predictions']} out-of-fold predictions), peak RSS {peak_rss_gib:.2f} GiB  "
+          f"[target <= 600 s: {'met' if wall_s <= 600 else 'MISSED'}]")
+    print(f"    seconds per run (first one computes the body features): {', '.join(f'{s:.0f}' for s in run_seconds)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
