@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,9 @@ from heartbeat import audio, config, metrics, model, split
 from heartbeat.dataset import CLASSES
 from heartbeat.fileio import atomic_path, atomic_write_json, atomic_write_text
 from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
+
+# fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 @dataclass
