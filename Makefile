@@ -53,8 +53,15 @@ $(SPECTROGRAMS)/manifest.csv: $(DATA)/set_b.csv $(wildcard $(DATA)/set_b/*.wav) 
 
 train: $(RUNS)/latest/metrics.json ## stage 2: fine-tune ResNet-34 on the spectrograms, write the run folder and its report
 
-$(RUNS)/latest/metrics.json: $(SPECTROGRAMS)/manifest.csv $(PACKAGE_SOURCES) | $(INSTALLED)
+$(RUNS)/latest/metrics.json: $(SPECTROGRAMS)/manifest.csv $(PACKAGE_SOURCES) $(RUNS)/.train-settings | $(INSTALLED)
 	$(BIN)/heartbeat train --spectrograms $(SPECTROGRAMS) --runs $(RUNS) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS)
+
+# Rewritten only when the training settings change, so that changing WEIGHTS or TRAIN_FLAGS retrains.
+$(RUNS)/.train-settings: FORCE
+	@mkdir -p $(RUNS)
+	@echo '$(SPECTROGRAMS) $(WEIGHTS) $(TRAIN_FLAGS)' | cmp -s - $@ || echo '$(SPECTROGRAMS) $(WEIGHTS) $(TRAIN_FLAGS)' > $@
+
+FORCE:
 
 cv: $(SPECTROGRAMS)/manifest.csv | $(INSTALLED) ## cross-validation by patient (CV_FLAGS), into data/cv-<time>
 	$(BIN)/heartbeat cv --spectrograms $(SPECTROGRAMS) --out data/cv-$$(date +%Y%m%d-%H%M%S) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS) $(CV_FLAGS)
@@ -67,9 +74,11 @@ demo: $(INSTALLED) ## offline quick run: synthetic recordings -> spectrograms ->
 $(DEMO)/set_b.csv: | $(INSTALLED)
 	$(BIN)/heartbeat synth --out $(DEMO)
 
+ifneq ($(DATA),$(DEMO))  # the demo's csv has the rule above
 $(DATA)/set_b.csv:
 	@echo "No Dataset B in '$(DATA)/': put set_b.csv and set_b/ there (see data/README.md), pass DATA=folder, or run 'make demo'." >&2
 	@exit 1
+endif
 
 test: $(INSTALLED) ## run the test suite (synthetic audio; a few tests also use ../shared/data/heartbeat-sounds when present)
 	$(BIN)/python -m pytest -q
