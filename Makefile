@@ -84,7 +84,7 @@ test: $(INSTALLED) ## run the test suite (synthetic audio; a few tests also use 
 	$(BIN)/python -m pytest -q
 
 # bench-predict reuses bench-train's 512-px model (a stand-in: timing only) instead of training another.
-bench: ## run every benchmark and print its figures (about 25 minutes on 2 cores)
+bench: ## run every benchmark and print its figures (about 16 minutes on 2 cores)
 	$(MAKE) --no-print-directory bench-spectrograms
 	rm -rf $(BENCH_DIR) && $(MAKE) --no-print-directory bench-train BENCH_KEEP=$(BENCH_DIR)
 	$(MAKE) --no-print-directory bench-predict MODEL=$(BENCH_DIR)/run BENCH_SPECTROGRAMS=$(BENCH_DIR)/spectrograms

@@ -8,7 +8,7 @@ Two training modes, the same network and the same fastai calls:
 - "features" (default): the frozen body, BatchNorm statistics included, never changes and
   the images are not augmented, so its output for each image is a constant. We compute it
   once (cached beside the spectrograms) and train the head on it with fastai's lr_find and
-  fit_one_cycle. About 20x less work than running the body every epoch.
+  fit_one_cycle. On Dataset B about 10x faster than running the body every epoch.
 - "finetune": fastai's standard frozen-body fine-tuning, as published: the body's
   convolutions are frozen but its BatchNorm layers keep training (fastai's train_bn), so
   every batch runs the whole network forwards and backwards.
