@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from heartbeat import split
-from heartbeat.fileio import atomic_path, atomic_write_json, atomic_write_text
+from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
 from heartbeat.metrics import classification_metrics, summarise_folds
 from heartbeat.train import TrainError, TrainSettings, read_spectrograms, train
 
@@ -61,18 +58,8 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
         raise ValueError("--folds must be at least 2")
     seeds = seeds or [settings.seed]
     recordings = split.recordings_table(read_spectrograms(spectrograms_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        summary = _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress)
-        umask = os.umask(0)
-        os.umask(umask)
-        work_dir.chmod(0o777 & ~umask)
-        os.replace(work_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    return summary
+    with atomic_directory(out_dir) as work_dir:
+        return _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress)
 
 
 def _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress) -> dict:

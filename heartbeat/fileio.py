@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +38,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; rename it to `path` if the block succeeds.
+
+    The folder appears complete or not at all; on any exception the temporary folder is
+    removed. `path` must not exist yet (os.replace cannot replace a non-empty folder).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work_dir.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the folder from other users
+    try:
+        yield work_dir
+        os.replace(work_dir, path)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
         raise
 
 

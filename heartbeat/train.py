@@ -26,7 +26,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import torch
 
 from heartbeat import audio, config, metrics, model, split
 from heartbeat.dataset import CLASSES
-from heartbeat.fileio import atomic_path, atomic_write_json, atomic_write_text
+from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
 from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
@@ -151,6 +150,11 @@ def class_balance(train_labels: pd.Series, classes: list[str], balance: str):
 
 # ---------------------------------------------------------------- frozen-body features
 
+def uses_bf16(settings: TrainSettings) -> bool:
+    """Whether the body pass runs in bf16: asked for, or "auto" on a CPU that has it."""
+    return settings.precision == "bf16" or (settings.precision == "auto" and bf16_available())
+
+
 def bf16_available() -> bool:
     return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
@@ -167,18 +171,17 @@ def body_features(network, spectrograms_dir: Path, images: list[str], settings: 
     cache_path = spectrograms_dir / "features" / f"{cache_key}.safetensors"
     if cache_path.is_file():
         return load_file(str(cache_path))["features"]
-    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_available())
     extractor = torch.nn.Sequential(network[0], network[1][:2]).eval().to(memory_format=torch.channels_last)
     chunk = 8
+    mean = torch.tensor(model.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1)
     outputs = []
     bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(settings)):
         for start in range(0, len(images), chunk):
             batch = model.images_to_tensor(
                 [load_image(spectrograms_dir, name, settings.image_size) for name in images[start:start + chunk]]
             ).expand(-1, 3, -1, -1)
-            mean = torch.tensor(model.IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1)
             batch = ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
             outputs.append(extractor(batch).float())
             bar.update(len(batch))
@@ -190,8 +193,7 @@ def body_features(network, spectrograms_dir: Path, images: list[str], settings: 
 
 
 def feature_cache_key(state_digest: str, windows: pd.DataFrame, settings: TrainSettings) -> str:
-    use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_available())
-    identity = [state_digest, settings.image_size, "bf16" if use_bf16 else "fp32", torch.__version__]
+    identity = [state_digest, settings.image_size, "bf16" if uses_bf16(settings) else "fp32", torch.__version__]
     identity += windows[["image", "settings_hash", "source_size", "source_mtime_ns"]].astype(str).to_numpy().tolist()
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
 
@@ -247,17 +249,9 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
         model.load_pretrained_state(settings.weights) if settings.pretrained else (None, "none: trained from scratch")
     )
 
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work_dir.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the run from other users
-    try:
+    with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
         _train_into(work_dir, run_dir.name, spectrograms_dir, windows, settings, pretrained_state, weights_description,
                     started, progress, split_table)
-        os.replace(work_dir, run_dir)  # the run folder appears complete, or not at all
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
     if runs_dir is not None:
         _point_latest(runs_dir, run_dir)
     return run_dir
@@ -308,7 +302,7 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
     else:
         trainer = learn
     if not progress:  # no bars and no epoch table (without its ProgressCallback, fastai prints each epoch)
-        for quiet in {id(trainer): trainer, id(learn): learn}.values():
+        for quiet in (trainer, learn):  # the same Learner twice outside features mode: harmless
             quiet.remove_cbs([cb for cb in quiet.cbs if type(cb).__name__ == "ProgressCallback"])
             quiet.logger = lambda *args, **kwargs: None
     suggestion = trainer.lr_find(show_plot=False)
