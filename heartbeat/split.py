@@ -30,6 +30,19 @@ def random_split(recordings: pd.DataFrame, valid_fraction: float, seed: int) -> 
     return recordings.assign(split=split)
 
 
+def _patients_largest_first(recordings: pd.DataFrame, seed: int):
+    """(patient ids, per-patient class counts, the order to place them in) for the greedy splits.
+
+    The order is seeded random, then stably sorted largest patient first: the largest are the
+    hardest to place.
+    """
+    counts = pd.crosstab(recordings["patient_id"], recordings["label"])
+    class_counts = counts.to_numpy()
+    shuffled = np.random.default_rng(seed).permutation(len(counts))
+    order = shuffled[np.argsort(-class_counts.sum(axis=1)[shuffled], kind="stable")]
+    return counts.index.to_numpy(), class_counts, order
+
+
 def patient_split(recordings: pd.DataFrame, valid_fraction: float, seed: int) -> pd.DataFrame:
     """Grouped by patient (no patient on both sides), stratified by class, ~valid_fraction of recordings.
 
@@ -37,17 +50,12 @@ def patient_split(recordings: pd.DataFrame, valid_fraction: float, seed: int) ->
     place), each goes to the side that brings the validation side's per-class counts closer
     to valid_fraction of each class's total.
     """
-    rng = np.random.default_rng(seed)
-    counts = pd.crosstab(recordings["patient_id"], recordings["label"])
-    target = counts.sum(axis=0).to_numpy() * valid_fraction
-    patients = counts.index.to_numpy()
-    shuffled = rng.permutation(len(patients))
-    sizes = counts.to_numpy().sum(axis=1)
-    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
-    valid_counts = np.zeros(counts.shape[1])
+    patients, class_counts, order = _patients_largest_first(recordings, seed)
+    target = class_counts.sum(axis=0) * valid_fraction
+    valid_counts = np.zeros(class_counts.shape[1])
     valid_patients = set()
     for index in order:
-        patient_counts = counts.to_numpy()[index]
+        patient_counts = class_counts[index]
         # relative deviation per class, so that the rare classes weigh as much as "normal"
         before = np.sum(((valid_counts - target) / np.maximum(target, 1)) ** 2)
         after = np.sum(((valid_counts + patient_counts - target) / np.maximum(target, 1)) ** 2)
@@ -65,19 +73,14 @@ def patient_folds(recordings: pd.DataFrame, n_folds: int, seed: int) -> pd.Serie
     the fold where it leaves all folds' per-class counts closest to their share (1/n_folds of
     each class), ties to the smaller fold.
     """
-    rng = np.random.default_rng(seed)
-    counts = pd.crosstab(recordings["patient_id"], recordings["label"])
-    if len(counts) < n_folds:
-        raise ValueError(f"{n_folds} folds need at least {n_folds} patients, there are {len(counts)}")
-    target = counts.sum(axis=0).to_numpy() / n_folds
-    patients = counts.index.to_numpy()
-    shuffled = rng.permutation(len(patients))
-    sizes = counts.to_numpy().sum(axis=1)
-    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
-    fold_counts = np.zeros((n_folds, counts.shape[1]))
+    patients, class_counts, order = _patients_largest_first(recordings, seed)
+    if len(patients) < n_folds:
+        raise ValueError(f"{n_folds} folds need at least {n_folds} patients, there are {len(patients)}")
+    target = class_counts.sum(axis=0) / n_folds
+    fold_counts = np.zeros((n_folds, class_counts.shape[1]))
     fold_of_patient = {}
     for index in order:
-        patient_counts = counts.to_numpy()[index]
+        patient_counts = class_counts[index]
         # cost of each choice: squared relative deviation from the per-fold target, over all folds
         costs = []
         for fold in range(n_folds):
