@@ -16,14 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from bench_train import DEFAULT_DATA, check_folders, prepare
+from bench_train import DEFAULT_DATA, check_folders, prepared_folder, timed_run
 
 
 def main() -> int:
@@ -37,18 +33,11 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 2
 
-    with tempfile.TemporaryDirectory() as temporary:
-        scratch = args.keep or Path(temporary)
-        scratch.mkdir(parents=True, exist_ok=True)
-        weights, spectrograms = prepare(args.data, scratch)
-        command = [sys.executable, "-m", "heartbeat", "cv", "--spectrograms", str(spectrograms), "--weights", str(weights),
-                   "--folds", str(args.folds), "--out", str(scratch / "cv"), "--quiet"]
-        print("running:", " ".join(command), flush=True)
+    with prepared_folder(args.data, args.keep) as (scratch, weights, spectrograms):
         load_before = os.getloadavg()[0]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        wall_s = time.perf_counter() - start
-        peak_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        wall_s, peak_rss_gib = timed_run([sys.executable, "-m", "heartbeat", "cv", "--spectrograms", str(spectrograms),
+                                          "--weights", str(weights), "--folds", str(args.folds),
+                                          "--out", str(scratch / "cv"), "--quiet"])
         summary = json.loads((scratch / "cv" / "summary.json").read_text())
         run_seconds = [json.loads(path.read_text())["seconds"] for path in sorted((scratch / "cv" / "runs").glob("*/config.json"))]
 

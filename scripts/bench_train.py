@@ -19,6 +19,7 @@ In one run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
@@ -85,18 +86,32 @@ def check_folders(name: str, data: Path, keep: Path | None) -> str | None:
     return None
 
 
-def prepare(data: Path, scratch: Path) -> tuple[Path, Path]:
-    """A stand-in weights file and stage 1's output in a fresh folder (so no cached body features exist)."""
+@contextlib.contextmanager
+def prepared_folder(data: Path, keep: Path | None):
+    """Yield (folder, weights, spectrograms): a stand-in weights file and stage 1's output in a
+    fresh folder (so no cached body features exist); `keep`, or a temporary folder removed after."""
     import torch
     import torchvision
 
-    weights = scratch / "resnet34-standin.pth"
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet34().state_dict(), weights)
-    spectrograms = scratch / "spectrograms"
-    subprocess.run([sys.executable, "-m", "heartbeat", "spectrograms", "--data", str(data), "--out", str(spectrograms),
-                    "--quiet"], check=True)
-    return weights, spectrograms
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = keep or Path(temporary)
+        scratch.mkdir(parents=True, exist_ok=True)
+        weights = scratch / "resnet34-standin.pth"
+        torch.manual_seed(0)
+        torch.save(torchvision.models.resnet34().state_dict(), weights)
+        spectrograms = scratch / "spectrograms"
+        subprocess.run([sys.executable, "-m", "heartbeat", "spectrograms", "--data", str(data), "--out",
+                        str(spectrograms), "--quiet"], check=True)
+        yield scratch, weights, spectrograms
+
+
+def timed_run(command: list[str]) -> tuple[float, float]:
+    """Wall seconds of `command` in a new process, and the peak RSS (GiB) of this script's children so far."""
+    print("running:", " ".join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
 
 
 def main() -> int:
@@ -111,17 +126,10 @@ def main() -> int:
         print(problem, file=sys.stderr)
         return 2
 
-    with tempfile.TemporaryDirectory() as temporary:
-        scratch = args.keep or Path(temporary)
-        scratch.mkdir(parents=True, exist_ok=True)
-        weights, spectrograms = prepare(args.data, scratch)
-        command = [sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(spectrograms), "--weights",
-                   str(weights), "--out", str(scratch / "run"), "--precision", args.precision]
-        print("running:", " ".join(command), flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        ours_s = time.perf_counter() - start
-        peak_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    with prepared_folder(args.data, args.keep) as (scratch, weights, spectrograms):
+        ours_s, peak_rss_gib = timed_run([sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(spectrograms),
+                                          "--weights", str(weights), "--out", str(scratch / "run"),
+                                          "--precision", args.precision])
         config = json.loads((scratch / "run" / "config.json").read_text())
 
         print(f"timing the published recipe ({args.published_batches} batches each) ...", flush=True)
