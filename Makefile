@@ -19,6 +19,7 @@ TRAIN_FLAGS ?=# e.g. --no-pretrained, --split random, --mode finetune, --epochs 
 CV_FLAGS ?= --folds 5# e.g. --seeds 1,2,3 --protocol published --balance weights
 REAL_DATA ?= ../shared/data/heartbeat-sounds# the benchmarks' data
 BENCH_DIR ?= data/bench# make bench keeps its stand-in model and spectrograms here
+BENCH_WINDOWS ?=# bench-device: spectrogram windows per pass (empty: the script's default, 16)
 DEMO := data/demo
 # The demo trains from scratch (no download possible), small and quick: see README "make demo".
 DEMO_FLAGS := --no-pretrained --image-size 128 --epochs 6 --bs 8 --name demo
@@ -28,7 +29,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py)
 STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/spectrograms.py
 
-.PHONY: help install spectrograms train cv demo test bench bench-spectrograms bench-train bench-predict bench-cv clean
+.PHONY: help install spectrograms train cv demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device clean
 
 help: ## list the targets
 	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
@@ -101,6 +102,11 @@ bench-cv: $(INSTALLED) ## 5-fold patient-grouped CV wall time, body features inc
 
 bench-predict: $(INSTALLED) ## predict cold start vs fastai load_learner, all 656 recordings, peak RSS (real data; trains a stand-in 512-px model unless MODEL=run)
 	$(BIN)/python scripts/bench_predict.py --data $(REAL_DATA) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(BENCH_SPECTROGRAMS),--spectrograms $(BENCH_SPECTROGRAMS))
+
+# Not part of `make bench`: its point is a GPU beside the CPU, and this machine has none.
+bench-device: $(INSTALLED) ## features pass and finetune epoch timed on the CPU and the GPU side by side (stand-in weights; BENCH_WINDOWS=16)
+	$(BIN)/python scripts/bench_device.py $(if $(BENCH_WINDOWS),--windows $(BENCH_WINDOWS)) \
 		$(if $(BENCH_SPECTROGRAMS),--spectrograms $(BENCH_SPECTROGRAMS))
 
 clean: ## remove generated outputs under data/ (keeps data/README.md and the venv)

@@ -13,39 +13,36 @@ wall time, the seconds spent on the body features, and peak RSS. Target (2-core 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from bench_train import DEFAULT_DATA, check_folders, prepared_folder, timed_run
+import benchlib
+from benchlib import figures, run_checked, target
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser = benchlib.argument_parser(__doc__)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="keep the spectrograms, weights and CV folder here")
-    args = parser.parse_args()
-    problem = check_folders("bench-cv", args.data, args.keep)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
+    args = benchlib.parse_arguments(parser)
 
-    with prepared_folder(args.data, args.keep) as (scratch, weights, spectrograms):
+    with benchlib.prepared_folder(args.data, args.keep) as (scratch, weights, spectrograms):
         load_before = os.getloadavg()[0]
-        wall_s, peak_rss_gib = timed_run([sys.executable, "-m", "heartbeat", "cv", "--spectrograms", str(spectrograms),
-                                          "--weights", str(weights), "--folds", str(args.folds),
-                                          "--out", str(scratch / "cv"), "--quiet"])
+        cv = run_checked([sys.executable, "-m", "heartbeat", "cv", "--spectrograms", str(spectrograms), "--weights", str(weights),
+                          "--folds", str(args.folds), "--out", str(scratch / "cv"), "--quiet"],
+                         f"heartbeat cv --folds {args.folds}, default settings", show_stderr=True)
         summary = json.loads((scratch / "cv" / "summary.json").read_text())
         run_seconds = [json.loads(path.read_text())["seconds"] for path in sorted((scratch / "cv" / "runs").glob("*/config.json"))]
 
-    print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print(f"{args.folds}-fold CV, default settings : {wall_s:.0f} s wall ({summary['n_runs']} runs, "
-          f"{summary['n_oof_predictions']} out-of-fold predictions), peak RSS {peak_rss_gib:.2f} GiB  "
-          f"[target <= 600 s: {'met' if wall_s <= 600 else 'MISSED'}]")
-    print(f"    seconds per run (first one computes the body features): {', '.join(f'{s:.0f}' for s in run_seconds)}")
+    benchlib.print_load(load_before)
+    figures([
+        (f"{args.folds}-fold CV, default settings", f"{cv.seconds:.0f} s wall ({summary['n_runs']} runs, "
+                                                    f"{summary['n_oof_predictions']} out-of-fold predictions), "
+                                                    f"peak RSS {cv.peak_rss_gib:.2f} GiB  {target('<= 600 s', cv.seconds <= 600)}"),
+        ("", f"seconds per run (first one computes the body features): {', '.join(f'{s:.0f}' for s in run_seconds)}"),
+    ])
     return 0
 
 

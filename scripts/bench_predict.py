@@ -23,28 +23,19 @@ needed). Its accuracy means nothing; its size and speed are the real model's. Wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "heartbeat-sounds"
-BIN = Path(sys.executable).parent
-HEARTBEAT = str(BIN / "heartbeat")
+import benchlib
+from benchlib import checked, figures, median_seconds, run_checked, say, target, timed
 
-STAND_IN_WEIGHTS = r'''
-import sys, torch, torchvision
-torch.manual_seed(0)
-torch.save(torchvision.models.resnet34().state_dict(), sys.argv[1])
-'''
+HEARTBEAT = str(Path(sys.executable).parent / "heartbeat")
 
 # A fastai Learner with the trained network, exported the usual way (learn.export).
 FASTAI_EXPORT = r'''
@@ -80,47 +71,15 @@ print(json.dumps({"label": str(label), "probabilities": [float(p) for p in proba
 '''
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def run_checked(command: list[str], what: str) -> subprocess.CompletedProcess:
-    shown = "an inline script" if "-c" in command else " ".join(command[:6]) + (" ..." if len(command) > 6 else "")
-    say(f"bench-predict: {what}: {shown}")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        say(result.stdout[-3000:] + result.stderr[-3000:])
-        raise SystemExit(f"bench-predict: {what} failed (exit {result.returncode})")
-    return result
-
-
-def timed(command: list[str]) -> tuple[float, int, str, str, int]:
-    """Wall seconds, exit code, stdout, stderr and peak RSS (MiB) of one fresh process."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
-        # wait4, not wait: it returns the rusage of this child alone (RUSAGE_CHILDREN would
-        # include the training and fastai processes run earlier by this benchmark).
-        _, status, rusage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return seconds, process.returncode, out.read(), err.read(), int(rusage.ru_maxrss / 1024)
-
-
 def train_model(data: Path, workdir: Path) -> Path:
     run = workdir / "run"
     if (run / "model.onnx").is_file():
         say(f"bench-predict: reusing the model in {run}")
         return run
-    spectrograms = workdir / "spectrograms"
     started = time.perf_counter()
-    run_checked([HEARTBEAT, "spectrograms", "--data", str(data), "--out", str(spectrograms), "--quiet"],
-                "stage 1 spectrograms of the labelled recordings")
-    weights = workdir / "resnet34-stand-in.pth"
-    run_checked([sys.executable, "-c", STAND_IN_WEIGHTS, str(weights)],
-                "stand-in ResNet-34 weights (torchvision's random initialisation)")
+    spectrograms = benchlib.make_spectrograms(data, workdir / "spectrograms")
+    say("bench-predict: stand-in ResNet-34 weights (torchvision's random initialisation)")
+    weights = benchlib.write_stand_in_weights(workdir)
     say("bench-predict: training a 512-px model for 1 epoch (features mode: the body runs once over every "
         "image; several minutes on 2 cores)")
     run_checked([HEARTBEAT, "train", "--spectrograms", str(spectrograms), "--weights", str(weights), "--epochs", "1",
@@ -131,7 +90,7 @@ def train_model(data: Path, workdir: Path) -> Path:
 
 def export_fastai(run: Path, spectrograms: Path, workdir: Path) -> Path:
     export = workdir / "export.pkl"
-    if export.is_file() and export.stat().st_mtime > (run / "model.safetensors").stat().st_mtime:
+    if export.is_file() and export.stat().st_mtime > (run / "model.onnx").stat().st_mtime:
         return export
     run_checked([sys.executable, "-c", FASTAI_EXPORT, str(run), str(spectrograms), str(export)],
                 "fastai Learner with the same weights, learn.export")
@@ -175,28 +134,14 @@ def network_seconds_per_window(run: Path, png: Path) -> float:
     return statistics.median(times)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with set_b.csv and set_b/ (default: %(default)s)")
+    parser = benchlib.argument_parser(__doc__)
     parser.add_argument("--model", type=Path, help="a trained 512-px run folder (default: train a stand-in)")
     parser.add_argument("--spectrograms", type=Path, help="with --model: stage 1 output, for the fastai DataLoaders "
                                                          "(default: made in the work folder)")
     parser.add_argument("--workdir", type=Path, help="keep the trained model and export.pkl here (default: a temporary folder)")
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per cold-start median (default: %(default)s)")
-    args = parser.parse_args()
-    if not (args.data / "set_b.csv").is_file():
-        say(f"bench-predict: no Dataset B at {args.data} (pass --data)")
-        return 2
+    args = benchlib.parse_arguments(parser)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict."))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -212,8 +157,7 @@ def measure(args, workdir: Path) -> int:
     run = args.model or train_model(args.data, workdir)
     spectrograms = args.spectrograms or workdir / "spectrograms"
     if not (spectrograms / "manifest.csv").is_file():
-        run_checked([HEARTBEAT, "spectrograms", "--data", str(args.data), "--out", str(spectrograms), "--quiet"],
-                    "stage 1 spectrograms (for the fastai DataLoaders)")
+        benchlib.make_spectrograms(args.data, spectrograms, "stage 1 spectrograms (for the fastai DataLoaders)")
     info = json.loads((run / "model.json").read_text())
     export = export_fastai(run, spectrograms, workdir)
     wav, png = five_second_recording(args.data, workdir)
@@ -226,58 +170,48 @@ def measure(args, workdir: Path) -> int:
     # One untimed run of each: the model files are then in the page cache for both alike.
     ours_json = json.loads(run_checked([*ours, "--json"], "warm-up, heartbeat predict").stdout)
     fastai_json = json.loads(run_checked(theirs, "warm-up, fastai load_learner + predict").stdout.splitlines()[-1])
-    ours_s, theirs_s, ours_rss, theirs_rss = [], [], [], []
-    for repeat in range(args.repeats):  # interleaved, so a noisy moment hits both
-        seconds, code, *_, rss = timed(ours)
-        assert code == 0, "heartbeat predict failed"
-        ours_s.append(seconds)
-        ours_rss.append(rss)
-        seconds, code, *_, rss = timed(theirs)
-        assert code == 0, "fastai predict failed"
-        theirs_s.append(seconds)
-        theirs_rss.append(rss)
-        say(f"bench-predict: cold start {repeat + 1}/{args.repeats}: heartbeat {ours_s[-1]:.2f} s, fastai {theirs_s[-1]:.2f} s")
+    cold = benchlib.interleaved(args.repeats, {"heartbeat": lambda: checked(timed(ours), "heartbeat predict"),
+                                               "fastai": lambda: checked(timed(theirs), "fastai predict")})
 
     network_s = network_seconds_per_window(run, png)
     all_wavs = sorted(str(path) for path in (args.data / "set_b").glob("*.wav"))
     say(f"bench-predict: all {len(all_wavs)} recordings in one call ...")
-    all_s, all_code, all_out, all_err, all_rss = timed([HEARTBEAT, "predict", "--json", "--model", str(run), *all_wavs])
-    predicted = [json.loads(line) for line in all_out.splitlines()]
+    every = timed([HEARTBEAT, "predict", "--json", "--model", str(run), *all_wavs])
+    predicted = [json.loads(line) for line in every.stdout.splitlines()]
     windows = sum(result["windows"] for result in predicted)
-    failed = all_err.splitlines()
-    load_after = os.getloadavg()[0]
+    failed = every.stderr.splitlines()
 
-    ours_median, theirs_median = statistics.median(ours_s), statistics.median(theirs_s)
+    ours_median, theirs_median = median_seconds(cold["heartbeat"]), median_seconds(cold["fastai"])
     difference = max(abs(a - b) for a, b in zip(ours_json["probabilities"].values(), fastai_json["probabilities"]))
     wav_seconds = soundfile.info(str(wav)).duration
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
+    def cold_start(runs: list[benchlib.Timed]) -> str:
+        seconds = [process.seconds for process in runs]
+        return (f"median {median_seconds(runs):.3f} s of {len(runs)} fresh processes (min {min(seconds):.3f}, "
+                f"max {max(seconds):.3f}), peak RSS {max(process.peak_rss_mib for process in runs):.0f} MiB")
 
-    print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} CPUs; "
-          f"load average {load_before:.2f} before, {load_after:.2f} after (other work on the machine slows every figure)")
+    benchlib.print_load(load_before)
     print(f"model: {run} (image size {info['image_size']} px, {len(info['classes'])} classes)")
     print(f"recording: {wav.name} ({wav_seconds:.2f} s, 1 window)")
     print()
-    print(f"cold start, heartbeat : median {ours_median:.3f} s of {args.repeats} fresh processes "
-          f"(min {min(ours_s):.3f}, max {max(ours_s):.3f}), peak RSS {max(ours_rss)} MiB  [target <= 1.0 s: {verdict(ours_median <= 1.0)}]")
-    print(f"    command: heartbeat predict --model RUN {wav.name}")
-    print(f"cold start, fastai    : median {theirs_median:.3f} s of {args.repeats} fresh processes "
-          f"(min {min(theirs_s):.3f}, max {max(theirs_s):.3f}), peak RSS {max(theirs_rss)} MiB")
-    print(f"    command: python fastai_predict.py export.pkl {png.name}   (load_learner + learn.predict on the "
-          f"ready-made spectrogram PNG: excludes making the spectrogram, which favours fastai)")
-    print(f"ratio                 : {theirs_median / ours_median:.1f}x faster  [target >= 5x: {verdict(theirs_median / ours_median >= 5)}]")
-    print(f"    same answer: heartbeat {ours_json['label']}, fastai {fastai_json['label']}; "
-          f"largest probability difference {difference:.1e}")
-    print(f"all recordings        : {len(all_wavs)} files ({len(predicted)} predicted, {len(failed)} failed, {windows} windows) "
-          f"in {all_s:.1f} s wall = {all_s / max(windows, 1) * 1000:.0f} ms per window, exit code {all_code}  "
-          f"[target <= 60 s: {verdict(all_s <= 60)}]")
-    print(f"    command: heartbeat predict --json --model RUN set_b/*.wav")
-    print(f"network alone         : {network_s * 1000:.0f} ms per 512-px window (onnxruntime in this process, median of 5 "
-          f"runs) x {windows} windows = {network_s * windows:.0f} s of that call")
-    print(f"peak RSS, all files   : {all_rss} MiB  [target <= 1024 MiB: {verdict(all_rss <= 1024)}]")
-    for line in failed:
-        print(f"    {line}")
+    figures([
+        ("cold start, heartbeat", f"{cold_start(cold['heartbeat'])}  {target('<= 1.0 s', ours_median <= 1.0)}"),
+        ("", f"command: heartbeat predict --model RUN {wav.name}"),
+        ("cold start, fastai", cold_start(cold["fastai"])),
+        ("", f"command: python fastai_predict.py export.pkl {png.name}   (load_learner + learn.predict on the "
+             f"ready-made spectrogram PNG: excludes making the spectrogram, which favours fastai)"),
+        ("ratio", f"{theirs_median / ours_median:.1f}x faster  {target('>= 5x', theirs_median / ours_median >= 5)}"),
+        ("", f"same answer: heartbeat {ours_json['label']}, fastai {fastai_json['label']}; "
+             f"largest probability difference {difference:.1e}"),
+        ("all recordings", f"{len(all_wavs)} files ({len(predicted)} predicted, {len(failed)} failed, {windows} windows) "
+                           f"in {every.seconds:.1f} s wall = {every.seconds / max(windows, 1) * 1000:.0f} ms per window, "
+                           f"exit code {every.returncode}  {target('<= 60 s', every.seconds <= 60)}"),
+        ("", "command: heartbeat predict --json --model RUN set_b/*.wav"),
+        ("network alone", f"{network_s * 1000:.0f} ms per 512-px window (onnxruntime in this process, median of 5 "
+                          f"runs) x {windows} windows = {network_s * windows:.0f} s of that call"),
+        ("peak RSS, all files", f"{every.peak_rss_mib:.0f} MiB  {target('<= 1024 MiB', every.peak_rss_mib <= 1024)}"),
+        *[("", line) for line in failed],
+    ])
     return 0
 
 

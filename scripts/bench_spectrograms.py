@@ -15,17 +15,14 @@ Targets (2-core machine): ratio >= 10x, all 656 in <= 10 s, no-op rerun <= 1 s, 
 
 from __future__ import annotations
 
-import argparse
-import resource
-import statistics
-import subprocess
+import csv
+import dataclasses
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "heartbeat-sounds"
+import benchlib
+from benchlib import checked, figures, listed_seconds, median_seconds, run_checked, target, timed
 
 PUBLISHED_RECIPE = r'''
 import sys, time
@@ -55,57 +52,54 @@ print(time.perf_counter() - start)
 '''
 
 
+def recipe_sample(spectrograms: Path, data: Path, count: int) -> tuple[list[str], int, int]:
+    """`count` recordings spread evenly over stage 1's output, and its recordings and images counts."""
+    with open(spectrograms / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    recordings = sorted({row["recording"] for row in rows})
+    sample = [str(data / "set_b" / name) for name in recordings[:: max(1, len(recordings) // count)]][:count]
+    return sample, len(recordings), len(rows)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser = benchlib.argument_parser(__doc__)
     parser.add_argument("--recipe-files", type=int, default=60, help="files the (slow) published recipe is timed on")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each, medians reported")
-    args = parser.parse_args()
-    if not (args.data / "set_b.csv").is_file():
-        print(f"bench-spectrograms: no Dataset B at {args.data} (pass --data)", file=sys.stderr)
-        return 2
+    args = benchlib.parse_arguments(parser)
     heartbeat = [sys.executable, "-m", "heartbeat", "spectrograms", "--data", str(args.data), "--include-unlabelled", "--quiet"]
-    stage_runs, recipe_runs = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        # Interleaved repeats, medians reported: this shared 2-core machine's speed drifts by
-        # tens of per cent from one minute to the next, and a noisy moment should hit both.
-        for repeat in range(args.repeats):
-            out = Path(scratch) / f"spectrograms{repeat}"
-            start = time.perf_counter()
-            first = subprocess.run([*heartbeat, "--out", str(out)], capture_output=True, text=True)
-            stage_runs.append(time.perf_counter() - start)
-            if first.returncode != 0:
-                print(first.stdout, first.stderr, file=sys.stderr)
-                return 1
-            if repeat == 0:
-                start = time.perf_counter()
-                subprocess.run([*heartbeat, "--out", str(out)], check=True, capture_output=True)
-                noop_s = time.perf_counter() - start
-                # ru_maxrss of children so far (stage runs only): the largest single process of the stage
-                peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-                import csv
+        scratch = Path(scratch)
+        outs = iter(scratch / f"spectrograms{repeat}" for repeat in range(args.repeats))
 
-                with open(out / "manifest.csv", newline="") as handle:
-                    rows = list(csv.DictReader(handle))
-                recordings = sorted({row["recording"] for row in rows})
-                files = len(recordings)
-                sample = [str(args.data / "set_b" / name) for name in recordings[:: max(1, files // args.recipe_files)]][: args.recipe_files]
-            recipe_out = Path(scratch) / f"recipe{repeat}"
-            recipe_out.mkdir()
-            recipe = subprocess.run([sys.executable, "-c", PUBLISHED_RECIPE, str(recipe_out), *sample],
-                                    capture_output=True, text=True, check=True)
-            recipe_runs.append(float(recipe.stdout.strip().splitlines()[-1]))
+        def stage() -> benchlib.Timed:  # a fresh output folder each time
+            return checked(timed([*heartbeat, "--out", str(next(outs))]), "stage 1")
 
-    stage_s, recipe_s = statistics.median(stage_runs), statistics.median(recipe_runs)
-    ours_fps = files / stage_s
-    recipe_fps = len(sample) / recipe_s
-    print(f"stage 1, this project : {files} files ({len(rows)} images) in {stage_s:.2f} s wall, median of {args.repeats} "
-          f"fresh runs ({', '.join(f'{t:.2f}' for t in stage_runs)}) = {ours_fps:.1f} files/s  (target: all 656 in <= 10 s)")
-    print(f"stage 1, published    : {len(sample)} files in {recipe_s:.2f} s, median of {args.repeats} "
-          f"({', '.join(f'{t:.2f}' for t in recipe_runs)}) = {recipe_fps:.2f} files/s (one process, imports excluded)")
-    print(f"speed-up              : {ours_fps / recipe_fps:.1f}x  (target >= 10x)")
-    print(f"no-op rerun           : {noop_s:.2f} s wall  (target <= 1 s)")
-    print(f"peak RSS              : {peak_rss_mib:.0f} MiB, largest single process of the stage  (target <= 1 GiB)")
+        def recipe() -> benchlib.Timed:  # the recipe times its own loop (imports and the first file excluded)
+            out = Path(tempfile.mkdtemp(prefix="recipe", dir=scratch))
+            result = checked(timed([sys.executable, "-c", PUBLISHED_RECIPE, str(out), *sample]), "the published recipe")
+            return dataclasses.replace(result, seconds=float(result.stdout.strip().splitlines()[-1]))
+
+        # The first round by hand: its output folder also gives the no-op rerun and the recipe's sample.
+        first = stage()
+        noop = run_checked([*heartbeat, "--out", str(scratch / "spectrograms0")], "no-op rerun")
+        sample, files, images = recipe_sample(scratch / "spectrograms0", args.data, args.recipe_files)
+        first_recipe = recipe()
+        measured = benchlib.interleaved(args.repeats - 1, {"stage 1": stage, "published recipe": recipe})
+        stage_runs, recipe_runs = [first, *measured["stage 1"]], [first_recipe, *measured["published recipe"]]
+
+    stage_s, recipe_s = median_seconds(stage_runs), median_seconds(recipe_runs)
+    ours_fps, recipe_fps = files / stage_s, len(sample) / recipe_s
+    peak_rss_mib = max(first.peak_rss_mib, noop.peak_rss_mib)  # of the first run and its no-op rerun
+    figures([
+        ("stage 1, this project", f"{files} files ({images} images) in {stage_s:.2f} s wall, median of {args.repeats} "
+                                  f"fresh runs ({listed_seconds(stage_runs)}) = {ours_fps:.1f} files/s  "
+                                  f"{target('all 656 in <= 10 s', stage_s <= 10)}"),
+        ("stage 1, published", f"{len(sample)} files in {recipe_s:.2f} s, median of {args.repeats} "
+                               f"({listed_seconds(recipe_runs)}) = {recipe_fps:.2f} files/s (one process, imports excluded)"),
+        ("speed-up", f"{ours_fps / recipe_fps:.1f}x  {target('>= 10x', ours_fps / recipe_fps >= 10)}"),
+        ("no-op rerun", f"{noop.seconds:.2f} s wall  {target('<= 1 s', noop.seconds <= 1)}"),
+        ("peak RSS", f"{peak_rss_mib:.0f} MiB, largest single process of the stage  {target('<= 1 GiB', peak_rss_mib <= 1024)}"),
+    ])
     return 0
 
 

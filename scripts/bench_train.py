@@ -18,19 +18,14 @@ In one run:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import math
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "heartbeat-sounds"
+import benchlib
+from benchlib import figures, run_checked, target
 
 # The published recipe's batch counts on Dataset B (one image per labelled recording).
 RECORDINGS, VALID_FRACTION, BATCH_SIZE, EPOCHS, LR_FIND_ITERATIONS = 461, 0.3, 4, 5, 100
@@ -77,74 +72,41 @@ def published_batch_times(spectrograms: Path, weights: Path, batches: int) -> tu
     return train_batch, valid_batch
 
 
-def check_folders(name: str, data: Path, keep: Path | None) -> str | None:
-    """The reason the benchmark cannot run, or None."""
-    if not (data / "set_b.csv").is_file():
-        return f"{name}: no Dataset B at {data} (pass --data)"
-    if keep and keep.exists() and any(keep.iterdir()):
-        return f"{name}: {keep} is not empty (its cached features would skew the timing)"
-    return None
-
-
-@contextlib.contextmanager
-def prepared_folder(data: Path, keep: Path | None):
-    """Yield (folder, weights, spectrograms): a stand-in weights file and stage 1's output in a
-    fresh folder (so no cached body features exist); `keep`, or a temporary folder removed after."""
-    import torch
-    import torchvision
-
-    with tempfile.TemporaryDirectory() as temporary:
-        scratch = keep or Path(temporary)
-        scratch.mkdir(parents=True, exist_ok=True)
-        weights = scratch / "resnet34-standin.pth"
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet34().state_dict(), weights)
-        spectrograms = scratch / "spectrograms"
-        subprocess.run([sys.executable, "-m", "heartbeat", "spectrograms", "--data", str(data), "--out",
-                        str(spectrograms), "--quiet"], check=True)
-        yield scratch, weights, spectrograms
-
-
-def timed_run(command: list[str]) -> tuple[float, float]:
-    """Wall seconds of `command` in a new process, and the peak RSS (GiB) of this script's children so far."""
-    print("running:", " ".join(command), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--published-batches", type=int, default=6, help="batches timed for the published recipe")
-    parser.add_argument("--keep", type=Path, help="keep the spectrograms, weights and run here (e.g. for bench_predict --model)")
-    args = parser.parse_args()
-    problem = check_folders("bench-train", args.data, args.keep)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-
-    with prepared_folder(args.data, args.keep) as (scratch, weights, spectrograms):
-        ours_s, peak_rss_gib = timed_run([sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(spectrograms),
-                                          "--weights", str(weights), "--out", str(scratch / "run"),
-                                          "--precision", args.precision])
-        config = json.loads((scratch / "run" / "config.json").read_text())
-
-        print(f"timing the published recipe ({args.published_batches} batches each) ...", flush=True)
-        train_batch_s, valid_batch_s = published_batch_times(spectrograms, weights, args.published_batches)
-
+def published_seconds(train_batch_s: float, valid_batch_s: float) -> tuple[float, str]:
+    """The published recipe's whole run from its batch times, and the sum written out."""
     n_valid = round(RECORDINGS * VALID_FRACTION)
     train_batches = (RECORDINGS - n_valid) // BATCH_SIZE  # fastai drops the last partial training batch
     valid_batches = math.ceil(n_valid / BATCH_SIZE)
-    published_s = (train_batch_s * (EPOCHS * train_batches + LR_FIND_ITERATIONS) + valid_batch_s * EPOCHS * valid_batches)
+    seconds = train_batch_s * (EPOCHS * train_batches + LR_FIND_ITERATIONS) + valid_batch_s * EPOCHS * valid_batches
+    return seconds, (f"{train_batch_s:.2f} s/train batch x ({EPOCHS}x{train_batches} + {LR_FIND_ITERATIONS} lr_find) + "
+                     f"{valid_batch_s:.2f} s/valid batch x {EPOCHS}x{valid_batches}")
+
+
+def main() -> int:
+    parser = benchlib.argument_parser(__doc__)
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--published-batches", type=int, default=6, help="batches timed for the published recipe")
+    parser.add_argument("--keep", type=Path, help="keep the spectrograms, weights and run here (e.g. for bench_predict --model)")
+    args = benchlib.parse_arguments(parser)
+
+    with benchlib.prepared_folder(args.data, args.keep) as (scratch, weights, spectrograms):
+        ours = run_checked([sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(spectrograms),
+                            "--weights", str(weights), "--out", str(scratch / "run"), "--precision", args.precision],
+                           "heartbeat train, default settings", show_stderr=True)
+        config = json.loads((scratch / "run" / "config.json").read_text())
+
+        benchlib.say(f"{benchlib.NAME}: timing the published recipe ({args.published_batches} batches each) ...")
+        train_batch_s, valid_batch_s = published_batch_times(spectrograms, weights, args.published_batches)
+
+    published_s, published_sum = published_seconds(train_batch_s, valid_batch_s)
     windows = config["n_windows"]
-    print(f"this project, default run : {ours_s:.0f} s wall ({windows['train'] + windows['valid']} windows, "
-          f"mode {config['train_settings']['mode']}, precision {args.precision}), peak RSS {peak_rss_gib:.2f} GiB (target <= 4)")
-    print(f"published recipe, scaled  : {published_s:.0f} s = {train_batch_s:.2f} s/train batch x "
-          f"({EPOCHS}x{train_batches} + {LR_FIND_ITERATIONS} lr_find) + {valid_batch_s:.2f} s/valid batch x {EPOCHS}x{valid_batches}")
-    print(f"ratio                     : {ours_s / published_s:.3f} of the published time (target <= 0.100)")
+    figures([
+        ("this project, default run", f"{ours.seconds:.0f} s wall ({windows['train'] + windows['valid']} windows, "
+                                      f"mode {config['train_settings']['mode']}, precision {args.precision}), "
+                                      f"peak RSS {ours.peak_rss_gib:.2f} GiB {target('<= 4 GiB', ours.peak_rss_gib <= 4)}"),
+        ("published recipe, scaled", f"{published_s:.0f} s = {published_sum}"),
+        ("ratio", f"{ours.seconds / published_s:.3f} of the published time {target('<= 0.100', ours.seconds / published_s <= 0.1)}"),
+    ])
     return 0
 
 
