@@ -1,19 +1,42 @@
-"""Atomic file writes: a killed run never leaves a truncated output behind.
+"""Atomic file writes, and the clean-up of what a killed writer left behind.
 
 Every output of this project is written to a temporary file in the destination folder
 and then renamed over the destination (an atomic step on POSIX file systems), so a reader
 sees either the old complete file or the new complete file, never half of one.
+
+A writer killed with SIGKILL cannot remove its temporary file or folder. So that the next
+run can, every temporary name ends in `.tmp` (before any suffix: `.x.ab12.tmp.png`) and its
+writer holds an exclusive `flock` on it for as long as it writes. The kernel drops the lock
+when the process dies, however it dies: a temporary whose lock can be taken has no living
+writer and is removed by `remove_dead_leftovers`; one whose lock is held belongs to a run
+that is still alive and is never touched. (A lock is better than a process id in the name:
+process ids are reused, and a writer in another container has another id space.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+# What every temporary name of this module looks like: hidden, a random part, ".tmp", an optional suffix.
+TEMP_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fresh file: nobody else can hold it
 
 
 @contextlib.contextmanager
@@ -27,18 +50,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        _lock(fd)  # held until the rename: marks the temporary as having a living writer
         yield tmp
         # mkstemp creates the file 0600; outputs are ordinary files, readable like any other.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -46,20 +69,62 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; rename it to `path` if the block succeeds.
 
     The folder appears complete or not at all; on any exception the temporary folder is
-    removed. `path` must not exist yet (os.replace cannot replace a non-empty folder).
+    removed, and after a SIGKILL the next run's `remove_dead_leftovers` removes it. `path`
+    must not exist yet (os.replace cannot replace a non-empty folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work_dir.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the folder from other users
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        _lock(fd)
+        work_dir.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the folder from other users
         yield work_dir
         os.replace(work_dir, path)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def remove_dead_leftovers(folder: str | os.PathLike, prefix: str = ".") -> list[Path]:
+    """Remove the temporary files and folders that a dead writer left in `folder`; return them.
+
+    Only names this module makes (TEMP_NAME) that start with `prefix` are considered, and only
+    those whose writer's lock can be taken (the writer is gone). Symbolic links are skipped, never
+    followed (this module makes no temporary links). Nothing outside `folder` is touched.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and TEMP_NAME.match(entry.name)):
+            continue
+        path = Path(entry.path)
+        if entry.is_symlink():
+            continue  # this module never makes temporary links; not ours to judge
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if entry.is_dir() else 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a living writer holds it (or it cannot be locked: not ours to judge)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,183 @@
+"""fileio under real interruptions: a write that fails or is killed halfway, a folder killed while it is built.
+
+Each writer runs in its own process and is stopped in the middle of writing real bytes (by the
+kernel's file-size limit, or by SIGKILL), so a writer that wrote straight to the destination,
+or built a folder in place, would leave a half-written file or folder under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from heartbeat.fileio import TEMP_NAME, atomic_directory, remove_dead_leftovers
+
+REPO = Path(__file__).resolve().parents[1]
+OLD = b"the old, complete content\n"
+NEW_SIZE = 1 << 20  # 1 MiB: the writer is stopped after half of it
+
+
+def python(code: str, *args: str) -> subprocess.Popen:
+    """A Python process running `code` (sys.argv[1:] = args), its stdout a pipe."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+# Writes NEW_SIZE bytes with atomic_write_bytes under a file-size limit of half of that: the
+# kernel stops the write in the middle, with SIGXFSZ (a kill: nothing can clean up) or, when
+# the signal is ignored, with an error the writer sees.
+WRITE_UNDER_SIZE_LIMIT = f"""
+    import resource, signal, sys
+    from heartbeat.fileio import atomic_write_bytes
+    # Python ignores SIGXFSZ at start-up; "die" restores the kernel's default, which kills
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN if sys.argv[2] == "ignore" else signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_FSIZE, ({NEW_SIZE // 2}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        atomic_write_bytes(sys.argv[1], b"n" * {NEW_SIZE})
+    except OSError as error:
+        print(error.errno)
+"""
+
+# Opens an atomic file or folder, writes half of its content, says where, and waits to be killed.
+HOLD_HALF_WRITTEN = f"""
+    import sys, time
+    from pathlib import Path
+    from heartbeat.fileio import atomic_directory, atomic_path
+    target = Path(sys.argv[1])
+    if sys.argv[2] == "file":
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(b"n" * {NEW_SIZE // 2})
+            print(tmp, flush=True)
+            time.sleep(120)
+    else:
+        with atomic_directory(target) as work:
+            (work / "first.txt").write_text("written")
+            print(work, flush=True)
+            time.sleep(120)
+"""
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+@pytest.fixture
+def killed_later():
+    """Processes to SIGKILL and reap at the end of the test, whatever happened."""
+    processes = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_a_write_that_fails_halfway_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    target = tmp_path / "result.bin"
+    target.write_bytes(OLD)
+    process = python(WRITE_UNDER_SIZE_LIMIT, target, "ignore")
+    out, _ = process.communicate(timeout=60)
+    assert out.strip() == "27"  # EFBIG: the write really was stopped halfway
+    assert target.read_bytes() == OLD
+    assert names(tmp_path) == ["result.bin"]  # the temporary went with the error
+
+
+def test_a_writer_killed_halfway_keeps_the_old_file_and_its_leftover_is_removed(tmp_path):
+    target = tmp_path / "result.bin"
+    target.write_bytes(OLD)
+    process = python(WRITE_UNDER_SIZE_LIMIT, target, "die")
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGXFSZ  # killed by the kernel in the middle of the write
+    assert target.read_bytes() == OLD
+    leftovers = [name for name in names(tmp_path) if name != "result.bin"]
+    assert len(leftovers) == 1 and TEMP_NAME.match(leftovers[0])  # hidden, marked as a temporary
+    assert (tmp_path / leftovers[0]).stat().st_size == NEW_SIZE // 2
+    assert remove_dead_leftovers(tmp_path) == [tmp_path / leftovers[0]]
+    assert names(tmp_path) == ["result.bin"] and target.read_bytes() == OLD
+
+
+def test_sigkill_mid_write_keeps_the_old_file_and_only_a_dead_writers_leftover_goes(tmp_path, killed_later):
+    target = tmp_path / "result.bin"
+    target.write_bytes(OLD)
+    writer = python(HOLD_HALF_WRITTEN, target, "file")
+    killed_later.append(writer)
+    tmp = Path(writer.stdout.readline().strip())
+    assert tmp.parent == tmp_path and TEMP_NAME.match(tmp.name) and tmp.stat().st_size == NEW_SIZE // 2
+    assert target.read_bytes() == OLD  # nothing of the new content under the final name while it is written
+
+    assert remove_dead_leftovers(tmp_path) == []  # its writer is alive: never touched
+    assert tmp.exists()
+
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert target.read_bytes() == OLD and tmp.exists()
+    assert remove_dead_leftovers(tmp_path) == [tmp]
+    assert names(tmp_path) == ["result.bin"]
+
+
+def test_atomic_directory_appears_only_when_complete(tmp_path):
+    final = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as work:
+            assert not final.exists()  # built elsewhere, never in place
+            (work / "weights.bin").write_bytes(b"w" * 1000)
+            assert not final.exists()
+            raise RuntimeError("failed halfway")
+    assert names(tmp_path) == []  # neither the folder nor its temporary
+
+    with atomic_directory(final) as work:
+        (work / "weights.bin").write_bytes(b"w" * 1000)
+        assert not final.exists()
+    assert names(tmp_path) == ["run"] and names(final) == ["weights.bin"]
+
+
+def test_atomic_directory_killed_while_built_never_appears_and_its_leftover_is_removed(tmp_path, killed_later):
+    final = tmp_path / "run"
+    builder = python(HOLD_HALF_WRITTEN, final, "folder")
+    killed_later.append(builder)
+    work = Path(builder.stdout.readline().strip())
+    assert work.parent == tmp_path and TEMP_NAME.match(work.name) and (work / "first.txt").is_file()
+    assert not final.exists()
+    assert remove_dead_leftovers(tmp_path) == []  # its writer is alive
+    assert work.is_dir()
+
+    builder.send_signal(signal.SIGKILL)
+    builder.wait()
+    assert not final.exists()
+    assert remove_dead_leftovers(tmp_path) == [work]
+    assert names(tmp_path) == []
+
+
+def test_remove_dead_leftovers_never_follows_links_and_only_takes_its_own_names(tmp_path):
+    folder, outside = tmp_path / "out", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep")
+    dead_folder = folder / ".run.a1b2c3.tmp"  # a dead writer's folder holding a link out of it
+    dead_folder.mkdir()
+    (dead_folder / "escape").symlink_to(outside, target_is_directory=True)
+    (dead_folder / "file-link").symlink_to(outside / "precious.txt")
+    (folder / ".x.d4e5f6.tmp").symlink_to(outside, target_is_directory=True)  # a leftover's name on a link
+    (folder / ".y.g7h8i9.tmp.png").symlink_to(outside / "precious.txt")
+    not_ours = [".hidden", "data.tmp", ".notes.txt", "visible.a1.tmp"]
+    for name in not_ours:
+        (folder / name).write_text("not a temporary of fileio")
+    other_prefix = folder / ".manifest.j1k2.tmp.csv"
+    other_prefix.write_text("dead, but not asked for")
+
+    removed = remove_dead_leftovers(folder, prefix=".run.")
+    assert removed == [dead_folder] and not os.path.lexists(dead_folder)
+    assert names(outside) == ["precious.txt"] and (outside / "precious.txt").read_text() == "keep"
+    assert os.path.islink(folder / ".x.d4e5f6.tmp") and os.path.islink(folder / ".y.g7h8i9.tmp.png")
+    assert other_prefix.exists() and all((folder / name).exists() for name in not_ours)
+
+    assert remove_dead_leftovers(folder) == [other_prefix]  # every prefix: the dead .csv temporary goes too
+    assert names(outside) == ["precious.txt"] and (outside / "precious.txt").read_text() == "keep"
+    assert all((folder / name).exists() for name in not_ours)
