@@ -1,9 +1,11 @@
 """The network: ImageNet ResNet-34 body + fastai head; where its weights come from and go to.
 
-Weights are read only from torchvision's hub cache (TORCH_HOME) or from a file the user names,
-and never downloaded behind the user's back: when they are missing, WeightsError says which
-file is expected and how to get it. A trained model is saved as safetensors (plain tensors,
-nothing to unpickle) plus JSON, and exported to ONNX for the torch-free predict command.
+Pretrained weights come from a file the user names, or from torchvision's hub cache (TORCH_HOME),
+where they are downloaded as torchvision does (hash checked) unless --offline or HEARTBEAT_OFFLINE=1
+forbids it; heartbeat.weights does that, and reads every weights file without unpickling objects.
+When they cannot be had, WeightsError says which file is expected and how to get it. A trained
+model is saved as safetensors (plain tensors, nothing to unpickle) plus JSON, and exported to ONNX
+for the torch-free predict command.
 """
 
 from __future__ import annotations
@@ -15,53 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+# Where pretrained weights come from: heartbeat.weights (named here too, as train and cli use them through this module).
+from heartbeat.weights import WeightsError, imagenet_weights_path, load_pretrained_state  # noqa: F401
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, what the body was trained on
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"  # the network for predict; its weights are beside it in model.onnx.data
 MODEL_FILE = "model.json"  # what is needed to rebuild and use the model
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights that cannot be had; the message names the file and the remedies."""
-
-
-def imagenet_weights_path() -> Path:
-    """Where torchvision keeps ResNet-34's ImageNet weights: $TORCH_HOME/hub/checkpoints/."""
-    from torchvision.models import ResNet34_Weights
-
-    url = ResNet34_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
-def load_pretrained_state(weights_path: str | Path | None) -> tuple[dict, str]:
-    """ResNet-34 state dict from `weights_path`, or from the hub cache when None; and a description."""
-    if weights_path is None:
-        path = imagenet_weights_path()
-        if not path.is_file():
-            raise WeightsError(
-                f"ImageNet weights for ResNet-34 not found: expected {path} (the torch hub cache, set by TORCH_HOME). "
-                f"Either copy torchvision's resnet34-b627a593.pth there (on a machine with internet: "
-                f"python -c \"import torchvision; torchvision.models.resnet34(weights='IMAGENET1K_V1')\"), "
-                f"or pass --weights PATH to a torchvision-format ResNet-34 state dict; "
-                f"--no-pretrained trains from scratch instead."
-            )
-        description = "ImageNet (torchvision IMAGENET1K_V1, hub cache)"
-    else:
-        path = Path(weights_path)
-        if not path.is_file():
-            raise WeightsError(f"{path}: weights file not found (--weights expects a torchvision ResNet-34 state dict)")
-        description = f"file {path}"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # a weights file must never run code
-    except Exception as error:
-        raise WeightsError(f"{path}: not a loadable state dict ({str(error).splitlines()[0]})") from None
-    import torchvision
-
-    missing, unexpected = torchvision.models.resnet34().load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f"{path}: not a ResNet-34 state dict (missing {len(missing)} keys, unexpected {len(unexpected)})")
-    return state, description
 
 
 def resnet34_arch(state: dict | None):

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import soundfile
 
+# No test may download ImageNet weights (87 MB, and no network here): tests of the download
+# path unset this themselves and serve a local file.
+os.environ.setdefault("HEARTBEAT_OFFLINE", "1")
+
 # The real Dataset B sits beside the repository in ../shared (never copied in, never written).
 REAL_DATA = Path(os.environ.get("HEARTBEAT_REAL_DATA", Path(__file__).resolve().parents[2] / "shared/data/heartbeat-sounds"))
 
