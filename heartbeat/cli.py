@@ -23,10 +23,82 @@ class UserError(Exception):
     """An error whose message is the whole story: printed as one line, exit code 2."""
 
 
+# The limits of train's and cv's numbers, as TrainSettings.validate has them (train.MAX_SEED, train.MAX_IMAGE_SIZE;
+# not imported here: that would load torch before a bad flag could be reported).
+MAX_SEED = 2**32 - 1  # numpy's seeding takes 0 .. 2**32-1
+MAX_IMAGE_SIZE = 2048  # 4x the published 512 px
+
+
+def _whole_number(text: str, low: int, high: int | None = None) -> int:
+    """An integer in [low, high]; ArgumentTypeError otherwise (argparse then names the flag in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _seed(text: str) -> int:
+    return _whole_number(text, 0, MAX_SEED)
+
+
+def _image_size(text: str) -> int:
+    return _whole_number(text, 1, MAX_IMAGE_SIZE)
+
+
+def _fold_count(text: str) -> int:
+    return _whole_number(text, 2)  # one fold would leave nothing to train on
+
+
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:  # a negative rate climbs the loss: a diverged model
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _run_name(text: str) -> str:
+    """--name: part of one folder's name, so never a path (no '/'), nor hidden (temporary names start with '.')."""
+    if "/" in text or "\0" in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"must be a plain name (no '/', not starting with '.'), got {text!r}")
+    return text
+
+
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0 < value < 1:  # both sides of the split need recordings
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    return value
+
+
+def _spectrogram_max_seconds(text: str) -> float:
+    """--max-seconds of `heartbeat spectrograms`: a positive, finite number of seconds."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -46,20 +118,28 @@ def _add_spectrograms(commands) -> None:
     parser.add_argument("--out", default=str(config.SPECTROGRAMS_DIR), help="output folder (default: %(default)s)")
     parser.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: one per core)")
     parser.add_argument("--include-unlabelled", action="store_true", help="also the 195 unlabelled test recordings")
+    # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
+    parser.add_argument("--max-seconds", type=_spectrogram_max_seconds, default=None,
+                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
+                             "can declare hours of sound (default: 600, ten minutes; Dataset B's longest is under 30 s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_spectrograms)
 
 
 def _run_spectrograms(args) -> int:
     from heartbeat.dataset import DatasetError
-    from heartbeat.spectrograms import build_spectrograms
+    from heartbeat.spectrograms import OutputError, build_spectrograms
 
+    limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     try:
         summary = build_spectrograms(
-            args.data, args.out, jobs=args.jobs, include_unlabelled=args.include_unlabelled, progress=not args.quiet
+            args.data, args.out, jobs=args.jobs, include_unlabelled=args.include_unlabelled, progress=not args.quiet,
+            **limits,
         )
-    except DatasetError as error:
+    except (DatasetError, OutputError) as error:
         raise UserError(str(error)) from None
+    for warning in summary.warnings:
+        print(f"heartbeat: warning: {warning}", file=sys.stderr)
     for path, reason in summary.failed:
         print(f"heartbeat: {path}: {reason}", file=sys.stderr)
     print(summary.line())
@@ -73,19 +153,23 @@ def _add_train_flags(parser) -> None:
     parser.add_argument("--spectrograms", default=str(config.SPECTROGRAMS_DIR), help="stage 1 output folder (default: %(default)s)")
     parser.add_argument("--split", choices=("patient", "random"), default="patient",
                         help="patient: grouped by patient, no patient on both sides (default); random: the published 70:30 by recording, patients leak")
-    parser.add_argument("--valid-fraction", type=float, default=0.3, help="share of recordings for validation (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="split, head initialisation and batch order (default: %(default)s)")
+    parser.add_argument("--valid-fraction", type=_fraction, default=0.3, help="share of recordings for validation (default: %(default)s)")
+    parser.add_argument("--seed", type=_seed, default=42,
+                        help=f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive_int, default=5, help="one-cycle epochs (default: %(default)s, as published)")
     parser.add_argument("--bs", type=_positive_int, default=4, help="batch size (default: %(default)s, as published)")
-    parser.add_argument("--image-size", type=_positive_int, default=512, help="network input size in px; images are resized (default: %(default)s)")
+    parser.add_argument("--image-size", type=_image_size, default=512,
+                        help=f"network input size in px, 1 to {MAX_IMAGE_SIZE}; images are resized (default: %(default)s)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--weights", metavar="PATH", help="ResNet-34 state dict in torchvision's format (default: the torch hub cache under TORCH_HOME)")
     weights.add_argument("--no-pretrained", action="store_true", help="no ImageNet weights: train the whole network from scratch")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download ImageNet weights missing from the hub cache (as HEARTBEAT_OFFLINE=1)")
     parser.add_argument("--mode", choices=("features", "finetune"), default="features",
                         help="features: frozen body run once, head trained on its outputs (default, fast); "
                              "finetune: fastai's frozen body with trainable BatchNorm, as published")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: lr_find's suggestion)")
-    parser.add_argument("--unfreeze-epochs", type=int, default=0, help="optional second stage: unfreeze and train N more epochs")
+    parser.add_argument("--lr", type=_learning_rate, default=None, help="learning rate (default: lr_find's suggestion)")
+    parser.add_argument("--unfreeze-epochs", type=_non_negative_int, default=0, help="optional second stage: unfreeze and train N more epochs")
     parser.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
                         help="class imbalance: none (published), inverse-frequency loss weights, or oversampling rare classes")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
@@ -100,7 +184,7 @@ def _train_settings(args):
 
     return TrainSettings(
         split=args.split, valid_fraction=args.valid_fraction, seed=args.seed, epochs=args.epochs, batch_size=args.bs,
-        image_size=args.image_size, pretrained=not args.no_pretrained, weights=args.weights, mode=args.mode,
+        image_size=args.image_size, pretrained=not args.no_pretrained, weights=args.weights, offline=args.offline, mode=args.mode,
         lr=args.lr, unfreeze_epochs=args.unfreeze_epochs, balance=args.balance, precision=args.precision,
         name=getattr(args, "name", "") or "",
     )
@@ -119,7 +203,7 @@ def _add_train(commands) -> None:
     _add_train_flags(parser)
     parser.add_argument("--out", help="run folder to create (default: a new folder under --runs, and --runs/latest points to it)")
     parser.add_argument("--runs", help="folder of runs (default: data/runs)")
-    parser.add_argument("--name", default="", help="short name in the run folder's name")
+    parser.add_argument("--name", type=_run_name, default="", help="short name in the run folder's name")
     parser.set_defaults(run=_run_train)
 
 
@@ -133,9 +217,17 @@ def _run_train(args) -> int:
         run_dir = train(args.spectrograms, args.out, settings, runs_dir=args.runs, progress=not args.quiet)
     except (TrainError, WeightsError, ValueError) as error:
         raise UserError(str(error)) from None
+    except OSError as error:  # what no check could foresee (a full disk); the run folder was not written
+        raise UserError(_os_error_line(error)) from None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(_headline(metrics, run_dir))
     return 0
+
+
+def _os_error_line(error: OSError) -> str:
+    """An OSError as `PATH: reason`, the project's one-line form."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 def _headline(metrics: dict, run_dir) -> str:
@@ -159,13 +251,15 @@ def _add_report(commands) -> None:
 
 def _run_report(args) -> int:
     from heartbeat import config
-    from heartbeat.report import rewrite_report
+    from heartbeat.report import RunFolderError, rewrite_report
 
     run_dir = Path(args.run_dir) if args.run_dir else config.RUNS_DIR / "latest"
     try:
         metrics = rewrite_report(run_dir)
-    except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"{run_dir}: not a complete run folder ({error})") from None
+    except RunFolderError as error:  # found before anything was written: the folder is unchanged
+        raise UserError(f"{error}; the report was not rewritten") from None
+    except OSError as error:  # while writing; the files are staged first, so none was replaced
+        raise UserError(f"{run_dir}: the report could not be written ({error})") from None
     print(_headline(metrics, run_dir))
     return 0
 
@@ -185,6 +279,10 @@ def _add_predict(commands) -> None:
     parser.add_argument("--model", metavar="RUN", default=None, help="run folder of a trained model (default: data/runs/latest)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line per file: file, label, probabilities, windows, model_id")
+    # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
+    parser.add_argument("--max-seconds", type=_spectrogram_max_seconds, default=None, metavar="SECONDS",
+                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
+                             "can declare hours of sound (default: 600, ten minutes)")
     parser.set_defaults(run=_run_predict)
 
 
@@ -197,30 +295,47 @@ def _run_predict(args) -> int:
         predictor = load_predictor(run_dir)
     except ModelError as error:
         raise UserError(str(error)) from None
+    limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     file_width = max(len("file"), *(len(name) for name in args.files))
     failed = 0
     header_printed = False
-    for result in predict_files(predictor, args.files):
-        if isinstance(result, Failure):
-            failed += 1
-            print(f"heartbeat: {result.file}: {result.problem}", file=sys.stderr, flush=True)
-            continue
-        if args.json:
-            line = result.to_json()
-        else:
-            if not header_printed:
-                print(table_header(predictor.classes, file_width))
-                header_printed = True
-            line = table_row(result, file_width)
-        print(line, flush=True)  # one line per file as it is done: a long list shows progress
+    try:
+        for result in predict_files(predictor, args.files, **limits):
+            if isinstance(result, Failure):
+                failed += 1
+                print(f"heartbeat: {result.file}: {result.problem}", file=sys.stderr, flush=True)
+                continue
+            if args.json:
+                line = result.to_json()
+            else:
+                if not header_printed:
+                    print(table_header(predictor.classes, file_width))
+                    header_printed = True
+                line = table_row(result, file_width)
+            _print_result(line)  # one line per file as it is done: a long list shows progress
+    except ModelError as error:  # the model gives no usable answer: the same for every file, so stop
+        raise UserError(str(error)) from None
     return EXIT_FAILED if failed else 0
 
 
-def _seed_list(text: str) -> list[int]:
+def _print_result(line: str) -> None:
+    """Print a line and flush; a file name that is not valid UTF-8 is written as the bytes it was given as."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        print(line, flush=True)
+    except UnicodeEncodeError:  # the name's undecodable bytes arrive as surrogate escapes (PEP 383)
+        sys.stdout.flush()  # what the text layer holds (the table's header) goes first
+        sys.stdout.buffer.write(line.encode(sys.stdout.encoding or "utf-8", "surrogateescape") + b"\n")
+        sys.stdout.buffer.flush()
+
+
+def _seed_list(text: str) -> list[int]:
+    """Comma-separated seeds, each as --seed allows, none repeated (each seed's runs get their own folders)."""
+    seeds = [_seed(part.strip()) for part in text.split(",") if part.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds, got {text!r}")
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
+    return seeds
 
 
 def _add_cv(commands) -> None:
@@ -235,7 +350,7 @@ def _add_cv(commands) -> None:
     )
     _add_train_flags(parser)
     parser.add_argument("--out", required=True, help="CV folder to create")
-    parser.add_argument("--folds", type=int, default=5, help="number of patient-grouped folds (default: %(default)s)")
+    parser.add_argument("--folds", type=_fold_count, default=5, help="number of patient-grouped folds (default: %(default)s)")
     parser.add_argument("--seeds", type=_seed_list, default=None, help="comma-separated seeds, one CV per seed (default: --seed)")
     parser.add_argument("--protocol", choices=("patient", "published"), default="patient",
                         help="patient: stratified group k-fold (default); published: random 70:30 by recording per seed")
@@ -254,6 +369,8 @@ def _run_cv(args) -> int:
                                  protocol=args.protocol, progress=not args.quiet)
     except (TrainError, WeightsError, ValueError) as error:
         raise UserError(str(error)) from None
+    except OSError as error:  # what no check could foresee (a full disk); the CV folder was not written
+        raise UserError(_os_error_line(error)) from None
     error, baseline = summary["error_rate"], summary["baseline_error_rate"]
     print(f"{args.out}: error rate {error['mean']:.3f} ± {error['std']:.3f} over {summary['n_runs']} runs "
           f"(majority baseline {baseline['mean']:.3f}); balanced accuracy {summary['balanced_accuracy']['mean']:.3f}; "
@@ -272,14 +389,17 @@ def _add_synth(commands) -> None:
     )
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--patients", type=_positive_int, default=24, help="number of patients (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default: %(default)s)")
     parser.set_defaults(run=_run_synth)
 
 
 def _run_synth(args) -> int:
     from heartbeat.synth import write_dataset_b
 
-    root = write_dataset_b(args.out, n_patients=args.patients, seed=args.seed)
+    try:
+        root = write_dataset_b(args.out, n_patients=args.patients, seed=args.seed)
+    except OSError as error:  # --out is a file, lies under one, or cannot be written
+        raise UserError(f"{args.out}: cannot write the dataset there ({error.strerror or error})") from None
     rows = (root / "set_b.csv").read_text().count("\n") - 1
     print(f"synth: {rows} recordings from {args.patients} patients -> {root}/set_b.csv, {root}/set_b/")
     return 0

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from heartbeat import split
-from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics, summarise_folds
-from heartbeat.train import TrainError, TrainSettings, read_spectrograms, train
+from heartbeat.spectrograms import MANIFEST_NAME
+from heartbeat.train import (TrainError, TrainSettings, feature_cache_dir, prepare_output_folder, read_spectrograms, train,
+                             uses_feature_cache)
 
 SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
     "error_rate": lambda m: m["error_rate"],
@@ -50,22 +53,45 @@ def fold_splits(recordings: pd.DataFrame, protocol: str, folds: int, seeds: list
 
 def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: TrainSettings, *, folds: int = 5,
                    seeds: list[int] | None = None, protocol: str = "patient", progress: bool = True) -> dict:
-    """Run every fold, write the CV folder (appears only when complete); return the summary."""
+    """Run every fold, write the CV folder (appears only when complete); return the summary.
+
+    Settings, folds, seeds, the manifest, the feature cache, every fold's split and the output
+    folder are all checked before the first fold trains.
+    """
     spectrograms_dir, out_dir = Path(spectrograms_dir), Path(out_dir)
-    if out_dir.exists():
-        raise TrainError(f"{out_dir}: already exists (choose another --out)")
-    if folds < 2:
-        raise ValueError("--folds must be at least 2")
-    seeds = seeds or [settings.seed]
+    settings.validate()
+    if protocol not in ("patient", "published"):
+        raise ValueError(f"--protocol must be one of patient, published, not {protocol!r}")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"--folds must be a whole number of at least 2, not {folds!r}")
+    seeds = list(seeds) if seeds else [settings.seed]
+    for seed in seeds:
+        dataclasses.replace(settings, seed=seed).validate()  # the same range as --seed
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds must not repeat a seed (each seed's runs get their own folders), not {seeds}")
     recordings = split.recordings_table(read_spectrograms(spectrograms_dir))
+    try:
+        runs = list(fold_splits(recordings, protocol, folds, seeds, settings.valid_fraction))
+    except ValueError as error:  # more folds than patients
+        raise TrainError(f"{spectrograms_dir / MANIFEST_NAME}: {error}") from None
+    for seed, fold, split_table in runs:
+        if split_table["split"].nunique() < 2:
+            raise TrainError(f"seed {seed}, fold {fold}: the split leaves one side empty ({len(recordings)} recordings "
+                             "are too few for it)")
+    if uses_feature_cache(settings):
+        feature_cache_dir(spectrograms_dir)
+    if os.path.lexists(out_dir):  # a dangling link too: the finished folder would be renamed onto it
+        raise TrainError(f"{out_dir}: already exists (choose another --out)")
+    prepare_output_folder(out_dir.parent, out_dir)
+    remove_dead_leftovers(out_dir.parent, prefix=f".{out_dir.name}.")  # what a killed cv left, once its writer is dead
     with atomic_directory(out_dir) as work_dir:
-        return _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress)
+        return _run_folds(work_dir, spectrograms_dir, recordings, settings, runs, folds, seeds, protocol, progress)
 
 
-def _run_folds(work_dir, spectrograms_dir, recordings, settings, folds, seeds, protocol, progress) -> dict:
+def _run_folds(work_dir, spectrograms_dir, recordings, settings, runs, folds, seeds, protocol, progress) -> dict:
     oof_parts, fold_rows = [], []
     classes = None
-    for seed, fold, split_table in fold_splits(recordings, protocol, folds, seeds, settings.valid_fraction):
+    for seed, fold, split_table in runs:
         run_settings = dataclasses.replace(settings, seed=seed)
         run_dir = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", run_settings,
                         split_table=split_table, progress=progress)

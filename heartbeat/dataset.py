@@ -14,6 +14,7 @@ groups recordings by patient.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,6 +27,11 @@ REQUIRED_COLUMNS = ("fname", "label", "sublabel")
 # <anything>_<patient>_<timestamp>_<position>.wav; the position may hold an underscore (B_1).
 _TAIL = re.compile(r"^(?P<prefix>.+?)_(?P<patient>\d+)_(?P<timestamp>\d+)_(?P<position>[A-Za-z0-9_]+)\.wav$")
 _MAX_LISTED = 12  # problems named one by one in an error message before "and N more"
+# Dataset B's csv is about 30 KB; a file far bigger is not one, and is not read into memory.
+MAX_CSV_BYTES = 16 * 2**20
+# Control characters other than tab and line ends: a file holding them is binary, not a text csv
+# (and echoing them in an error message would garble the terminal).
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class DatasetError(ValueError):
@@ -93,19 +99,17 @@ def read_dataset(data_dir: str | Path, *, audio_info: bool = False) -> list[Reco
     if not data_dir.is_dir():
         raise DatasetError(f"{data_dir}: no such data folder (it should hold {CSV_NAME} and {AUDIO_DIR}/)")
     if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: not found (the data folder should hold {CSV_NAME} and {AUDIO_DIR}/)")
+        problem = "not a regular file" if csv_path.exists() else "not found"
+        raise DatasetError(f"{csv_path}: {problem} (the data folder should hold {CSV_NAME} and {AUDIO_DIR}/)")
     if not audio_dir.is_dir():
         raise DatasetError(f"{audio_dir}: not found (the data folder should hold {CSV_NAME} and {AUDIO_DIR}/)")
 
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [name.strip() for name in (reader.fieldnames or [])]
-        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-        if missing:
-            raise DatasetError(
-                f"{csv_path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns) or 'no header'})"
-            )
-        rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in reader]
+    columns, rows = _read_csv(csv_path)
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise DatasetError(
+            f"{csv_path}: missing column(s) {', '.join(missing)} (has: {', '.join(columns) or 'no header'})"
+        )
 
     disk_files = {path.name for path in audio_dir.iterdir() if path.suffix.lower() == ".wav"}
     problems: list[str] = []
@@ -166,6 +170,30 @@ def read_dataset(data_dir: str | Path, *, audio_info: bool = False) -> list[Reco
     if audio_info:
         recordings = [_with_audio_info(recording) for recording in recordings]
     return recordings
+
+
+def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(column names, rows with stripped keys and values); DatasetError if it is not a UTF-8 text csv."""
+    too_big = DatasetError(f"{csv_path}: too big for a Dataset B csv (more than {MAX_CSV_BYTES} bytes)")
+    if csv_path.stat().st_size > MAX_CSV_BYTES:
+        raise too_big
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            text = handle.read(MAX_CSV_BYTES + 1)  # bounded even if the file grows after the stat
+    except UnicodeDecodeError:
+        raise DatasetError(f"{csv_path}: not a UTF-8 text csv (it holds bytes that are not UTF-8)") from None
+    if len(text) > MAX_CSV_BYTES:
+        raise too_big
+    binary = _BINARY.search(text)
+    if binary:
+        raise DatasetError(f"{csv_path}: not a text csv (it holds the control character {binary.group()!r})")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = [name.strip() for name in (reader.fieldnames or [])]
+        rows = [{key.strip(): (value or "").strip() for key, value in row.items() if key} for row in reader]
+    except csv.Error as error:  # a field past csv's size limit, say
+        raise DatasetError(f"{csv_path}: not a readable csv ({error})") from None
+    return columns, rows
 
 
 def _with_audio_info(recording: Recording) -> Recording:

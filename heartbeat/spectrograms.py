@@ -10,6 +10,14 @@ time or the audio settings changed), parallel across cores, atomic (temp file th
 a killed run never leaves a truncated PNG or manifest) and deterministic (same input,
 byte-identical PNGs). A recording that cannot be read is listed with its reason and the
 others go on; earlier outputs are never deleted by a run that had failures.
+
+The stage only ever creates, replaces or deletes files inside OUT/images/ (and its own
+manifest.csv and audio_settings.json). An old manifest is input like any other: a row whose
+image is not a plain file name directly inside images/ (`..`, an absolute path, a sub-folder,
+a link) is ignored and reported, never deleted or reused; a manifest that is not one of ours
+(foreign, corrupt, binary) is ignored with a warning and every recording is remade. What a
+killed run left behind (temporary files whose writer is dead) is removed at the next start;
+the worker processes die with the parent.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +34,7 @@ from pathlib import Path
 
 from heartbeat import audio
 from heartbeat.dataset import Recording, read_dataset
-from heartbeat.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_dead_leftovers
 
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "audio_settings.json"
@@ -45,6 +55,19 @@ MANIFEST_COLUMNS = (
     "source_mtime_ns",
     "settings_hash",
 )
+# The only images a manifest row may name: a plain PNG file name directly inside images/
+# (so never `..`, an absolute path or a sub-folder), which is all this stage ever writes.
+_OWN_IMAGE = re.compile(rf"^{IMAGES_DIR}/(?P<name>[^/\x00]+\.png)$")
+# Dataset B's manifest is about 200 KB; a file far bigger is not one of ours and is not read into memory.
+MAX_MANIFEST_BYTES = 64 * 2**20
+
+
+class OutputError(Exception):
+    """The output folder cannot be used (a file, not writable, a linked images/); one-line message."""
+
+
+class ManifestError(ValueError):
+    """An old manifest.csv that is not one this stage wrote (foreign, corrupt, binary)."""
 
 
 @dataclass
@@ -54,6 +77,7 @@ class StageSummary:
     made: int = 0  # recordings whose images were (re)made in this run
     up_to_date: int = 0  # recordings skipped because their images were current
     failed: list[tuple[str, str]] = field(default_factory=list)  # (wav path, reason)
+    warnings: list[str] = field(default_factory=list)  # one line each: what of the old outputs was ignored
     manifest: Path | None = None
 
     def line(self) -> str:
@@ -69,20 +93,20 @@ def image_name(recording_name: str, window: int) -> str:
 
 
 def _source_signature(path: Path) -> tuple[str, str]:
-    stat = path.stat()
-    return str(stat.st_size), str(stat.st_mtime_ns)
+    info = path.stat()
+    return str(info.st_size), str(info.st_mtime_ns)
 
 
-def _make_images(recording: Recording, out_dir: Path, settings: audio.AudioSettings) -> list[dict]:
+def _make_images(recording: Recording, out_dir: Path, settings: audio.AudioSettings, max_seconds: float) -> list[dict]:
     """Worker: turn one recording into PNGs written atomically; return its manifest rows."""
     import soundfile
 
     size, mtime_ns = _source_signature(recording.path)
-    signal = audio.load_audio(recording.path, settings)
+    signal = audio.load_audio(recording.path, settings, max_seconds=max_seconds)
     native_rate = soundfile.info(str(recording.path)).samplerate
     duration_s = signal.size / settings.sample_rate
     rows = []
-    for window, (start_s, image) in enumerate(audio.recording_images(signal, settings)):
+    for window, (start_s, image) in enumerate(audio.iter_recording_images(signal, settings)):
         name = image_name(recording.name, window)
         atomic_write_bytes(out_dir / name, audio.encode_png(image))
         rows.append(
@@ -107,36 +131,163 @@ def _make_images(recording: Recording, out_dir: Path, settings: audio.AudioSetti
 
 
 def _worker(task):
-    recording, out_dir, settings = task
+    recording, out_dir, settings, max_seconds = task
     try:
-        return recording, _make_images(recording, out_dir, settings), None
+        return recording, _make_images(recording, out_dir, settings, max_seconds), None
     except audio.AudioError as error:
         return recording, None, str(error)
     except Exception as error:  # one bad file must not stop the batch: report it and go on
         return recording, None, f"{type(error).__name__}: {error}"
 
 
+def is_own_image(image: str) -> bool:
+    """Whether a manifest's `image` is a plain PNG file name directly inside images/ (and not a temporary)."""
+    match = _OWN_IMAGE.match(image)
+    return match is not None and not TEMP_NAME.match(match["name"])
+
+
+def _entry_kind(path: str | Path) -> str:
+    """"file" for a regular file itself, "absent", or "other" (a link, which could point anywhere; a folder; a FIFO)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "absent"
+    except OSError:  # a name too long, say: nothing this stage wrote
+        return "other"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
 def read_manifest(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    """The rows of a manifest this stage wrote. Raises ManifestError for anything else.
+
+    Never follows a link and never blocks (a FIFO is refused, not read), reads at most
+    MAX_MANIFEST_BYTES, and accepts only this stage's exact columns with every field present.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        problem = "is a link, not a file" if os.path.islink(path) else f"cannot be read ({error.strerror})"
+        raise ManifestError(problem) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestError("is not a regular file")
+        data = handle.read(MAX_MANIFEST_BYTES + 1)  # bounded even if the file grows after the fstat
+        if max(info.st_size, len(data)) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"is {max(info.st_size, len(data))} bytes, more than a manifest of this stage can be")
+    try:
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+            raise ManifestError("is not a manifest of this stage (other columns)")
+        rows = list(reader)
+    except UnicodeDecodeError:
+        raise ManifestError("is not UTF-8 text") from None
+    except csv.Error as error:
+        raise ManifestError(f"is not a readable csv ({error})") from None
+    if any(None in row or None in row.values() for row in rows):
+        raise ManifestError("has rows with a wrong number of fields")
+    return rows
 
 
-def _current_rows(recording: Recording, previous: dict[str, list[dict]], out_dir: Path, digest: str):
-    """The previous run's rows for this recording if its images are still current, else None."""
-    rows = previous.get(recording.name)
+def _previous_rows(manifest_path: Path, warnings: list[str]) -> dict[str, list[dict]]:
+    """The previous run's rows by recording; {} if there is none, or (with a warning) if it is not ours."""
+    if not os.path.lexists(manifest_path):
+        return {}
+    try:
+        rows = read_manifest(manifest_path)
+    except ManifestError as error:
+        warnings.append(f"{manifest_path}: {error}; ignored, every recording is remade")
+        return {}
+    previous: dict[str, list[dict]] = {}
+    for row in rows:
+        previous.setdefault(row["recording"], []).append(row)
+    return previous
+
+
+def _sort_old_images(previous: dict[str, list[dict]], out_dir: Path) -> tuple[set[str], int]:
+    """(the old manifest's images that are plain files of images/, the number of rows naming anything else).
+
+    Only the former may be reused or deleted; the latter are never touched. One lstat per row,
+    the same as checking that the images exist.
+    """
+    present: set[str] = set()
+    refused = 0
+    folder = str(out_dir)  # os.path.join: a Path per row costs more than the lstat
+    for rows in previous.values():
+        for row in rows:
+            kind = _entry_kind(os.path.join(folder, row["image"])) if is_own_image(row["image"]) else "other"
+            if kind == "file":
+                present.add(row["image"])
+            elif kind == "other":
+                refused += 1
+    return present, refused
+
+
+def _current_rows(recording: Recording, rows: list[dict] | None, present: set[str], digest: str):
+    """The previous run's rows for this recording if its images are still current, else None.
+
+    A row is trusted only if it names exactly the image this stage would write for it, and
+    that image is a plain file (see _sort_old_images).
+    """
     if not rows:
         return None
     size, mtime_ns = _source_signature(recording.path)
     current = all(
-        row["source_size"] == size
+        row["image"] == image_name(recording.name, window)
+        and row["image"] in present
+        and row["window"] == str(window)
+        and row["source_size"] == size
         and row["source_mtime_ns"] == mtime_ns
         and row["settings_hash"] == digest
         and row["label"] == (recording.label or "")
         and row["sublabel"] == (recording.sublabel or "")
-        and (out_dir / row["image"]).is_file()
-        for row in rows
+        and row["patient_id"] == str(recording.patient_id)
+        and row["timestamp"] == recording.timestamp
+        and row["position"] == recording.position
+        for window, row in enumerate(rows)
     )
     return rows if current else None
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    """Raise OutputError if OUT cannot hold this stage's outputs. Creates nothing: called before any work.
+
+    OUT itself may be a link to a folder (the user's choice); images/ inside it may not, since
+    writes through it would land outside OUT.
+    """
+    existing = out_dir
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing != out_dir:
+        if not existing.is_dir():
+            raise OutputError(f"{out_dir}: cannot be created, {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{out_dir}: cannot be created, {existing} is not writable (permission denied)")
+        return  # a new folder holds nothing yet
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: is {'a broken link' if out_dir.is_symlink() else 'a file'}, not a folder")
+    images_dir = out_dir / IMAGES_DIR
+    if os.path.lexists(images_dir) and (images_dir.is_symlink() or not images_dir.is_dir()):
+        raise OutputError(f"{images_dir}: is a link or a file, not a folder; refused, "
+                          f"the images must stay inside {out_dir}")
+    for folder in (out_dir, images_dir):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{folder}: cannot be written (permission denied)")
+    for name in (MANIFEST_NAME, SETTINGS_NAME):
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            raise OutputError(f"{path}: is a folder, not this stage's {name}")
+
+
+def _prepare_output_folder(out_dir: Path) -> None:
+    """Create OUT/images/ and remove what a killed run of this stage left there (never a live run's files)."""
+    try:
+        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out_dir}: cannot be created ({error.strerror})") from None
+    remove_dead_leftovers(out_dir / IMAGES_DIR)
+    for name in (MANIFEST_NAME, SETTINGS_NAME):  # only this stage's own temporaries in OUT
+        remove_dead_leftovers(out_dir, prefix=f".{Path(name).stem}.")
 
 
 def build_spectrograms(
@@ -146,27 +297,38 @@ def build_spectrograms(
     jobs: int | None = None,
     include_unlabelled: bool = False,
     settings: audio.AudioSettings = audio.SETTINGS,
+    max_seconds: float = audio.DEFAULT_MAX_SECONDS,
     progress: bool = True,
 ) -> StageSummary:
-    """Run the stage; return its summary. Raises DatasetError when the csv is unusable."""
+    """Run the stage; return its summary.
+
+    Raises OutputError when OUT cannot hold the outputs (checked before any work) and
+    DatasetError when the csv is unusable. A recording longer than max_seconds is listed
+    as failed (refused from its header, before it is read).
+    """
     out_dir = Path(out_dir)
+    _check_output_folder(out_dir)
     recordings = read_dataset(data_dir)
     if not include_unlabelled:
         recordings = [recording for recording in recordings if recording.label]
 
     manifest_path = out_dir / MANIFEST_NAME
-    previous: dict[str, list[dict]] = {}
-    if manifest_path.is_file():
-        for row in read_manifest(manifest_path):
-            previous.setdefault(row["recording"], []).append(row)
+    summary = StageSummary(recordings=len(recordings), manifest=manifest_path)
+    _prepare_output_folder(out_dir)
+    previous = _previous_rows(manifest_path, summary.warnings)
+    present, refused = _sort_old_images(previous, out_dir)
+    if refused:
+        summary.warnings.append(
+            f"{manifest_path}: {refused} row(s) name an image that is not a plain file inside "
+            f"{out_dir / IMAGES_DIR}/ (a path leaving it, or a link); ignored, nothing they name is touched"
+        )
 
     digest = settings.digest()
-    summary = StageSummary(recordings=len(recordings), manifest=manifest_path)
     rows_by_recording: dict[str, list[dict]] = {}
     to_make = []
     for recording in recordings:
         try:
-            rows = _current_rows(recording, previous, out_dir, digest)
+            rows = _current_rows(recording, previous.get(recording.name), present, digest)
         except OSError as error:
             summary.failed.append((str(recording.path), f"cannot be read ({error.strerror})"))
             continue
@@ -176,9 +338,8 @@ def build_spectrograms(
             rows_by_recording[recording.name] = rows
     summary.up_to_date = len(rows_by_recording)
 
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     if to_make:
-        for recording, rows, error in _run_parallel(to_make, out_dir, settings, jobs, progress):
+        for recording, rows, error in _run_parallel(to_make, out_dir, settings, max_seconds, jobs, progress):
             if error is None:
                 rows_by_recording[recording.name] = rows
                 summary.made += 1
@@ -187,20 +348,42 @@ def build_spectrograms(
 
     ordered = [row for recording in recordings for row in rows_by_recording.get(recording.name, [])]
     summary.images = len(ordered)
-    atomic_write_json(out_dir / SETTINGS_NAME, settings.to_dict())
-    atomic_write_text(manifest_path, _manifest_text(ordered))
+    try:
+        atomic_write_json(out_dir / SETTINGS_NAME, settings.to_dict())
+        atomic_write_text(manifest_path, _manifest_text(ordered))
+    except OSError as error:
+        raise OutputError(f"{manifest_path}: cannot be written ({error.strerror})") from None
     if not summary.failed:
-        _remove_stale_images(previous, ordered, out_dir)
+        _remove_stale_images(present, ordered, out_dir)
     return summary
 
 
-def _worker_setup():
+def _worker_setup(parent_pid: int):
+    _die_with_parent(parent_pid)
     # Each worker process owns one core: a multi-threaded BLAS inside it (the mel matrix
     # product) would fight the other workers for the cores and halve the throughput.
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
     _reuse_freed_memory()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies, however it dies (Linux; no-op elsewhere).
+
+    A parent killed with SIGKILL cannot shut its pool down: without this its workers would
+    finish their queued recordings and then wait for more forever.
+    """
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        return  # no prctl: not Linux
+    if armed and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the signal was armed: nobody else will stop this worker
 
 
 def _reuse_freed_memory():
@@ -222,11 +405,13 @@ def _reuse_freed_memory():
         pass  # not glibc: keep its defaults
 
 
-def _run_parallel(recordings, out_dir, settings, jobs, progress):
+def _run_parallel(recordings, out_dir, settings, max_seconds, jobs, progress):
+    import multiprocessing
+
     from tqdm import tqdm
 
     jobs = max(1, jobs or len(os.sched_getaffinity(0)))
-    tasks = [(recording, out_dir, settings) for recording in recordings]
+    tasks = [(recording, out_dir, settings, max_seconds) for recording in recordings]
     bar = tqdm(total=len(tasks), desc="spectrograms", unit="rec", disable=not progress, file=sys.stderr)
     try:
         if jobs == 1 or len(tasks) == 1:
@@ -238,7 +423,10 @@ def _run_parallel(recordings, out_dir, settings, jobs, progress):
                     yield _worker(task)
                     bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_setup) as pool:
+            # fork: the workers are this process's children (what _die_with_parent checks), started at once
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_setup,
+                                     initargs=(os.getpid(),)) as pool:
                 # chunks amortise inter-process traffic; small enough to keep the bar moving
                 chunksize = max(1, min(16, len(tasks) // (jobs * 8)))
                 for result in pool.map(_worker, tasks, chunksize=chunksize):
@@ -256,10 +444,13 @@ def _manifest_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _remove_stale_images(previous: dict[str, list[dict]], rows: list[dict], out_dir: Path) -> None:
-    """Delete images the previous manifest listed and this one does not (only this stage's own files)."""
+def _remove_stale_images(present: set[str], rows: list[dict], out_dir: Path) -> None:
+    """Delete images the previous manifest listed and this one does not.
+
+    `present` holds only plain files directly inside images/ (see _sort_old_images); each is
+    checked again just before it goes, so a link put in its place meanwhile is left alone.
+    """
     keep = {row["image"] for row in rows}
-    for old_rows in previous.values():
-        for row in old_rows:
-            if row["image"] not in keep:
-                (out_dir / row["image"]).unlink(missing_ok=True)
+    for image in sorted(present - keep):
+        if _entry_kind(out_dir / image) == "file":
+            (out_dir / image).unlink(missing_ok=True)

@@ -21,9 +21,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
+import re
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -37,11 +41,24 @@ import torch
 
 from heartbeat import audio, config, metrics, model, split
 from heartbeat.dataset import CLASSES
-from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, remove_dead_leftovers
 from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+# Limits of the numeric settings (cli.py's argparse types check the same ones when arguments are parsed).
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which fastai's set_seed calls, takes 0 .. 2**32-1
+MAX_IMAGE_SIZE = 2048  # 4x the published 512 px; one batch of ResNet-34 activations beyond it outgrows a workstation
+# The manifest columns training reads: the split and report (recording, patient_id, label), the images,
+# and what identifies an image's content for the feature cache.
+MANIFEST_COLUMNS_USED = ("image", "recording", "label", "patient_id", "settings_hash", "source_size", "source_mtime_ns")
+# Stage 1 names every image images/<plain name>.png; any other path (../, absolute, a subfolder) is not its own.
+IMAGE_PATH = re.compile(r"images/[^/\\\x00]+\.png")
+FEATURES_DIR = "features"  # the frozen body's cached outputs, inside the spectrograms folder
+LATEST = "latest"  # the symbolic link in the runs folder to the newest run
+# A `latest` temporary link lives for microseconds (symlink, then rename); one older than this was left by a killed run.
+STALE_LINK_SECONDS = 60
 
 
 @dataclass
@@ -54,6 +71,7 @@ class TrainSettings:
     image_size: int = 512  # published: the 512 px spectrograms at full size
     pretrained: bool = True  # ImageNet body (frozen); False: train the whole network from scratch
     weights: str | None = None  # torchvision-format ResNet-34 state dict; None: the torch hub cache
+    offline: bool = False  # never download the ImageNet weights into the hub cache (also HEARTBEAT_OFFLINE=1)
     mode: str = "features"  # "features" (body outputs computed once) or "finetune" (published: BN keeps training)
     lr: float | None = None  # None: lr_find's "valley" suggestion, as published
     unfreeze_epochs: int = 0  # optional second stage: unfreeze and train everything, discriminative rates
@@ -65,16 +83,26 @@ class TrainSettings:
     name: str = ""  # short name in the run folder's name
 
     def validate(self) -> None:
+        """ValueError naming the command-line flag of the first setting out of its range (for library callers)."""
         choices = {"split": ("patient", "random"), "mode": ("features", "finetune"),
                    "balance": ("none", "weights", "oversample"), "precision": ("auto", "fp32", "bf16")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"--{field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
-        if not 0 < self.valid_fraction < 1:
-            raise ValueError(f"valid fraction must be between 0 and 1, not {self.valid_fraction}")
-        for field in ("epochs", "batch_size", "image_size"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"--{field.replace('_', '-')} must be at least 1")
+        if not 0 < self.valid_fraction < 1:  # also refuses NaN
+            raise ValueError(f"--valid-fraction must be between 0 and 1 (both excluded), not {self.valid_fraction}")
+        whole_numbers = {"--seed": (self.seed, 0, MAX_SEED), "--epochs": (self.epochs, 1, None),
+                         "--bs": (self.batch_size, 1, None), "--image-size": (self.image_size, 1, MAX_IMAGE_SIZE),
+                         "--unfreeze-epochs": (self.unfreeze_epochs, 0, None)}
+        for flag, (value, low, high) in whole_numbers.items():
+            whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not whole or value < low or (high is not None and value > high):
+                bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+                raise ValueError(f"{flag} must be a whole number {bounds}, not {value!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive finite number, not {self.lr!r}")
+        if "/" in self.name or "\0" in self.name or self.name.startswith("."):  # part of a folder's name, never a path
+            raise ValueError(f"--name must be a plain name (no '/', not starting with '.'), not {self.name!r}")
 
 
 class TrainError(RuntimeError):
@@ -84,7 +112,14 @@ class TrainError(RuntimeError):
 # ---------------------------------------------------------------- the data
 
 def read_spectrograms(spectrograms_dir: Path) -> pd.DataFrame:
-    """Stage 1's manifest, labelled rows only, after checking it was made with this code's audio settings."""
+    """Stage 1's manifest, labelled rows only, checked before any training.
+
+    The folder must have been made with this code's audio settings; the manifest must be UTF-8
+    csv with the columns training reads, name only stage 1's own images (images/<name>.png,
+    regular files, never a path or a link out of the folder), and hold at least two of the
+    known classes. Anything else is a TrainError naming the file and the problem.
+    """
+    spectrograms_dir = Path(spectrograms_dir)
     manifest_path = spectrograms_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise TrainError(f"{manifest_path}: not found (run 'make spectrograms' or 'heartbeat spectrograms' first)")
@@ -93,14 +128,86 @@ def read_spectrograms(spectrograms_dir: Path) -> pd.DataFrame:
         audio.check_settings(json.loads(settings_path.read_text()))
     except (OSError, ValueError) as error:
         raise TrainError(f"{settings_path}: {error} (rerun the spectrogram stage)") from None
-    manifest = pd.read_csv(manifest_path, dtype={"label": str, "sublabel": str}, keep_default_na=False)
+    manifest = _read_manifest(manifest_path)
+    _check_image_paths(manifest_path, manifest)
     labelled = manifest[manifest["label"] != ""].reset_index(drop=True)
     if labelled.empty:
         raise TrainError(f"{manifest_path}: no labelled images")
-    missing = [name for name in labelled["image"] if not (spectrograms_dir / name).is_file()]
+    _check_classes(manifest_path, labelled["label"])
+    missing = [name for name in labelled["image"] if not _is_regular_file(spectrograms_dir / name)]
     if missing:
-        raise TrainError(f"{manifest_path}: {len(missing)} image(s) missing, e.g. {missing[0]} (rerun the spectrogram stage)")
+        raise TrainError(f"{manifest_path}: {len(missing)} image(s) missing or not regular files, e.g. {missing[0]} "
+                         "(rerun the spectrogram stage)")
     return labelled
+
+
+def _read_manifest(manifest_path: Path) -> pd.DataFrame:
+    """The manifest as a table with the columns training reads; TrainError if it is not such a csv."""
+    problem = None
+    try:
+        manifest = pd.read_csv(manifest_path, dtype={"label": str, "sublabel": str, "image": str},
+                               keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
+        problem = f"not a readable csv ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror or error})"
+    if problem:
+        raise TrainError(f"{manifest_path}: {problem} (rerun the spectrogram stage)")
+    absent = [column for column in MANIFEST_COLUMNS_USED if column not in manifest.columns]
+    if absent:
+        raise TrainError(f"{manifest_path}: no {', '.join(absent)} column{'s' if len(absent) > 1 else ''} "
+                         "(not a manifest of this version's spectrogram stage; rerun it)")
+    return manifest
+
+
+def _check_image_paths(manifest_path: Path, manifest: pd.DataFrame) -> None:
+    """TrainError naming the first row whose image is not images/<plain name>.png: nothing else is stage 1's."""
+    for index, image in enumerate(manifest["image"]):
+        if not IMAGE_PATH.fullmatch(image):
+            # line 1 is the header
+            raise TrainError(f"{manifest_path}: line {index + 2}: image {image!r} is not images/<name>.png inside the "
+                             "spectrograms folder (rerun the spectrogram stage)")
+
+
+def _check_classes(manifest_path: Path, labels: pd.Series) -> None:
+    """TrainError unless the labels are known classes, at least two of them (names the classes found)."""
+    found = sorted(set(labels))
+    unknown = [label for label in found if label not in CLASSES]
+    if unknown:
+        raise TrainError(f"{manifest_path}: unknown label(s) {', '.join(map(repr, unknown))}; classes found: "
+                         f"{', '.join(found)}; known: {', '.join(CLASSES)}")
+    if len(found) < 2:
+        raise TrainError(f"{manifest_path}: the labelled images hold only one class ({found[0]}); "
+                         "a classifier needs at least two")
+
+
+def _is_regular_file(path: Path) -> bool:
+    """A regular file itself, not a symbolic link to one (which could lead anywhere)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def feature_cache_dir(spectrograms_dir: Path) -> Path:
+    """SPECTROGRAMS/features, checked to be a real folder there (or absent), after removing dead writers' leftovers.
+
+    The cache is read and written on later runs: a link or a file in its place could lead them
+    out of the spectrograms folder, so it is refused, and left as it is.
+    """
+    folder = Path(spectrograms_dir) / FEATURES_DIR
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        raise TrainError(f"{folder}: the feature cache must be a folder inside {spectrograms_dir}, not a link or a file "
+                         "(move it away; it is rebuilt as needed)")
+    remove_dead_leftovers(folder)  # the cache files of a killed run
+    return folder
+
+
+def uses_feature_cache(settings: TrainSettings) -> bool:
+    """Whether training computes the frozen body's outputs once and caches them ("features" mode, pretrained)."""
+    return settings.mode == "features" and settings.pretrained
 
 
 def load_image(spectrograms_dir: Path, image: str, image_size: int) -> np.ndarray:
@@ -168,9 +275,10 @@ def body_features(network, spectrograms_dir: Path, images: list[str], settings: 
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
-    cache_path = spectrograms_dir / "features" / f"{cache_key}.safetensors"
-    if cache_path.is_file():
-        return load_file(str(cache_path))["features"]
+    cache_path = feature_cache_dir(spectrograms_dir) / f"{cache_key}.safetensors"
+    cached = _read_cached_features(cache_path, len(images), load_file)
+    if cached is not None:
+        return cached
     extractor = torch.nn.Sequential(network[0], network[1][:2]).eval().to(memory_format=torch.channels_last)
     chunk = 8
     mean = torch.tensor(model.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -189,6 +297,19 @@ def body_features(network, spectrograms_dir: Path, images: list[str], settings: 
     features = torch.cat(outputs)
     with atomic_path(cache_path) as tmp:
         save_file({"features": features.contiguous()}, str(tmp))
+    return features
+
+
+def _read_cached_features(cache_path: Path, n_images: int, load_file) -> torch.Tensor | None:
+    """The cached features if the cache file is a regular file (not a link) of the expected shape; else None (recompute)."""
+    if not _is_regular_file(cache_path):
+        return None
+    try:
+        features = load_file(str(cache_path))["features"]
+    except Exception:  # a damaged or foreign cache file is rebuilt, never trusted; safetensors unpickles nothing
+        return None
+    if features.ndim != 2 or features.shape[0] != n_images or not torch.isfinite(features).all():
+        return None
     return features
 
 
@@ -238,15 +359,21 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
     time and settings.name, and runs_dir/latest is pointed at it. split_table (columns
     recording, patient_id, label, split) replaces settings.split: cross-validation passes its folds.
+
+    Everything that can be checked is checked before any training (settings, manifest, feature
+    cache, output folder, `latest`); a run whose loss is not finite is never written.
     """
     settings = settings or TrainSettings()
     settings.validate()
     spectrograms_dir = Path(spectrograms_dir)
     started = time.time()
-    runs_dir, run_dir = _run_location(run_dir, runs_dir, settings)
     windows = read_spectrograms(spectrograms_dir)
+    if uses_feature_cache(settings):
+        feature_cache_dir(spectrograms_dir)
+    runs_dir, run_dir = _run_location(run_dir, runs_dir, settings)
     pretrained_state, weights_description = (
-        model.load_pretrained_state(settings.weights) if settings.pretrained else (None, "none: trained from scratch")
+        model.load_pretrained_state(settings.weights, offline=settings.offline, progress=progress)
+        if settings.pretrained else (None, "none: trained from scratch")
     )
 
     with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
@@ -259,7 +386,7 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
 
 def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrained_state, weights_description, started,
                 progress, split_table=None):
-    from fastai.vision.all import Learner, error_rate, set_seed, vision_learner
+    from fastai.vision.all import Learner, TerminateOnNaNCallback, error_rate, set_seed, vision_learner
 
     classes = [name for name in CLASSES if name in set(windows["label"])]
 
@@ -272,6 +399,10 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
     windows["is_valid"] = windows["split"] == "valid"
     if windows["is_valid"].all() or not windows["is_valid"].any():
         raise TrainError("the split left one side empty: too few recordings or patients for a validation set")
+    n_train_windows = int((~windows["is_valid"]).sum())
+    if n_train_windows < settings.batch_size:  # training batches are full ones (drop_last): there would be none
+        raise TrainError(f"--bs {settings.batch_size} is more than the {n_train_windows} training images: "
+                         "no full batch to train on; give a smaller --bs")
     train_recordings = split_table[split_table["split"] == "train"]
     majority_class = train_recordings["label"].value_counts().idxmax()
 
@@ -309,11 +440,13 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
     lr = settings.lr or float(suggestion.valley)
     _save_lr_find_plot(trainer, float(suggestion.valley), run_dir / "lr_find.png")
     set_seed(settings.seed, reproducible=True)
-    trainer.fit_one_cycle(settings.epochs, lr)
+    trainer.fit_one_cycle(settings.epochs, lr, cbs=TerminateOnNaNCallback())
+    check_finite_losses(trainer, settings.epochs, "training", lr)
     epoch_log = _epoch_log(trainer, first_epoch=0)
     if settings.unfreeze_epochs:
         learn.unfreeze()  # second stage: the whole network, lower rates for the earlier layers
-        learn.fit_one_cycle(settings.unfreeze_epochs, slice(lr / 100, lr / 10))
+        learn.fit_one_cycle(settings.unfreeze_epochs, slice(lr / 100, lr / 10), cbs=TerminateOnNaNCallback())
+        check_finite_losses(learn, settings.unfreeze_epochs, "the unfrozen stage", lr)
         epoch_log = pd.concat([epoch_log, _epoch_log(learn, first_epoch=settings.epochs)], ignore_index=True)
     atomic_write_text(run_dir / "epochs.csv", epoch_log.to_csv(index=False))
 
@@ -322,6 +455,9 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
         window_probs, _ = trainer.get_preds(dl=head_dls.valid)
     else:
         window_probs, _ = learn.get_preds(dl=learn.dls.valid)
+    if not torch.isfinite(window_probs).all():
+        raise TrainError(f"training diverged: the validation probabilities are not finite (learning rate {lr:.3g}); "
+                         "no run was written; try a lower --lr")
     valid_windows = windows[windows["is_valid"]].reset_index(drop=True)
     predictions = recording_predictions(valid_windows, window_probs.numpy(), classes)
     atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
@@ -362,12 +498,29 @@ def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrain
         "train_settings": dataclasses.asdict(settings), "audio_settings": audio.SETTINGS.to_dict(),
         "spectrograms": str(spectrograms_dir), "classes": classes, "majority_class": majority_class,
         "training_mode": training_mode, "weights": weights_description, "lr_suggestion": float(suggestion.valley),
+        # what --precision resolved to ("auto" depends on the CPU); only features mode's body pass uses bf16
+        "body_precision": "bf16" if features_mode and uses_bf16(settings) else "fp32",
         "class_weights": dict(zip(classes, map(float, class_weights))),
         "lr_used": lr, "n_windows": {"train": int((~windows["is_valid"]).sum()), "valid": int(windows["is_valid"].sum())},
         "seconds": round(time.time() - started, 1), "versions": _versions(), "git_commit": _git_commit(),
         "command": " ".join(sys.argv),
     })
     shutil.rmtree(run_dir / ".fastai", ignore_errors=True)
+
+
+def check_finite_losses(learner, epochs: int, stage: str, lr: float) -> None:
+    """TrainError if the last fit's loss was not finite: a diverged model is never saved or made `latest`.
+
+    TerminateOnNaNCallback stops a fit at the first non-finite batch loss (training or
+    validation), before that epoch is recorded: a fit with fewer recorded epochs than asked
+    diverged, and so did one with any non-finite recorded loss (per batch, or per epoch).
+    """
+    recorder = learner.recorder
+    losses = [float(loss) for loss in recorder.losses]
+    losses += [float(value) for row in recorder.values for value in row[:2] if value is not None]
+    if len(recorder.values) < epochs or not all(math.isfinite(loss) for loss in losses):
+        raise TrainError(f"training diverged: the loss is not finite in {stage} (learning rate {lr:.3g}); "
+                         "no run was written; try a lower --lr")
 
 
 def recording_predictions(valid_windows: pd.DataFrame, window_probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -409,31 +562,87 @@ def _save_lr_find_plot(learner, suggestion: float, path: Path) -> None:
 
 
 def _run_location(run_dir, runs_dir, settings: TrainSettings) -> tuple[Path | None, Path]:
-    """(folder whose `latest` pointer to update, or None for an explicit run_dir; the run folder to create)."""
+    """(folder whose `latest` pointer to update, or None for an explicit run_dir; the run folder to create).
+
+    Creates and checks the folder the run goes in, and removes what killed runs left there
+    (only their hidden temporary folders, and only once their writer is dead).
+    """
     if run_dir is not None:
         run_dir = Path(run_dir)
-        if run_dir.exists():
+        if os.path.lexists(run_dir):  # a dangling link too: the finished run would be renamed onto it
             raise TrainError(f"{run_dir}: already exists (runs are never overwritten; choose another --out)")
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(run_dir.parent, run_dir)
+        remove_dead_leftovers(run_dir.parent, prefix=f".{run_dir.name}.")
         return None, run_dir
     runs_dir = Path(runs_dir) if runs_dir is not None else config.RUNS_DIR
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(runs_dir, runs_dir)
+    _check_latest(runs_dir)
+    remove_dead_leftovers(runs_dir)
+    _remove_stale_latest_links(runs_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{stamp}-{settings.name or settings.split}"
     suffix = 1
-    while (runs_dir / name).exists():  # two runs in the same second
+    while os.path.lexists(runs_dir / name):  # two runs in the same second
         suffix += 1
         name = f"{stamp}-{settings.name or settings.split}-{suffix}"
     return runs_dir, runs_dir / name
 
 
+def prepare_output_folder(folder: Path, target: Path) -> None:
+    """Create `folder` (where `target` will be written) if needed; TrainError naming target if it cannot be.
+
+    Checked before any training, so that a run never trains for an hour and then cannot be saved.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((parent for parent in [folder, *folder.parents] if parent.exists() and not parent.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking is not None else error.strerror or str(error)
+        raise TrainError(f"{target}: cannot be created ({reason})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrainError(f"{target}: cannot be created ({folder} is not writable)")
+
+
+def _check_latest(runs_dir: Path) -> None:
+    """TrainError if runs_dir/latest is something other than a symbolic link: it is never replaced or deleted."""
+    link = runs_dir / LATEST
+    if os.path.lexists(link) and not link.is_symlink():
+        raise TrainError(f"{link}: not a symbolic link (a file or folder of yours?); it is left as it is: "
+                         "move it away, or give --out or another --runs")
+
+
+def _remove_stale_latest_links(runs_dir: Path) -> None:
+    """Remove `latest` temporary links a killed run left (older than STALE_LINK_SECONDS; a live one is younger).
+
+    Both names: `.latest.<random>.tmp`, and `.latest.<pid>` of earlier versions.
+    """
+    for path in runs_dir.glob(f".{LATEST}.*"):
+        try:
+            if path.is_symlink() and time.time() - os.lstat(path).st_mtime > STALE_LINK_SECONDS:
+                path.unlink()
+        except OSError:
+            pass  # another run removed or renamed it first
+
+
 def _point_latest(runs_dir: Path, run_dir: Path) -> None:
-    """runs_dir/latest -> run_dir, replaced atomically (a symlink renamed over the old one)."""
-    link = runs_dir / "latest"
-    tmp = runs_dir / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
+    """runs_dir/latest -> run_dir, replaced atomically (a temporary link renamed over the old one).
+
+    `latest` is checked again: it may have become a file or folder while the run trained, and
+    is then left alone (the run itself is complete). The temporary link is removed on any
+    error; after a SIGKILL in the microseconds it exists, the next run removes it.
+    """
+    link = runs_dir / LATEST
+    try:
+        _check_latest(runs_dir)
+    except TrainError as error:
+        raise TrainError(f"{error}; the run is complete in {run_dir}") from None
+    tmp = runs_dir / f".{LATEST}.{secrets.token_hex(6)}.tmp"
     tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _versions() -> dict:

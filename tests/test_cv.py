@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from badinput import CliResult, assert_one_line_error, snapshot
+from heartbeat import cli
 from heartbeat.cv import cross_validate, fold_splits
 from heartbeat.metrics import classification_metrics
 from heartbeat.split import leaked_patients, patient_folds
-from heartbeat.train import TrainSettings, class_balance, feature_dataloaders
+from heartbeat.train import TrainSettings, bf16_available, class_balance, feature_dataloaders
 from test_split import dataset_like
 
 
@@ -85,14 +87,55 @@ def test_summary_matches_the_out_of_fold_file(cv_result):
     assert (cv_result["out"] / "folds.png").is_file() and (cv_result["out"] / "confusion_matrix.png").is_file()
 
 
-def test_published_protocol_reports_the_leak(trained_run, standin_weights, tmp_path):
-    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
-    summary = cross_validate(trained_run["spectrograms"], tmp_path / "cv", settings, seeds=[4, 5], protocol="published",
-                             progress=False)
-    assert summary["n_runs"] == 2 and summary["protocol"] == "published"
-    assert "Patient leakage" in (tmp_path / "cv" / "report.md").read_text()
-    oof = pd.read_csv(tmp_path / "cv" / "oof.csv")
+def test_cv_command_line_published_protocol_reports_the_leak(trained_run, standin_weights, tmp_path, capsys):
+    out = tmp_path / "cv"
+    code = cli.main(["cv", "--spectrograms", str(trained_run["spectrograms"]), "--out", str(out), "--protocol", "published",
+                     "--seeds", "4,5", "--weights", str(standin_weights), "--image-size", "32", "--epochs", "1", "--bs", "8",
+                     "--precision", "auto", "--quiet"])
+
+    stdout = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_runs"] == 2 and summary["protocol"] == "published" and summary["seeds"] == [4, 5]
+    error = summary["error_rate"]
+    assert f"error rate {error['mean']:.3f} ± {error['std']:.3f} over 2 runs" in stdout and str(out / "report.md") in stdout
+    oof = pd.read_csv(out / "oof.csv")
     assert sorted(oof["seed"].unique()) == [4, 5]
+    # The leak line's numbers: patients on both sides, counted from each run's own split.csv.
+    leaked = [leaked_patients(pd.read_csv(run / "split.csv")) for run in sorted((out / "runs").iterdir())]
+    assert len(leaked) == 2 and min(leaked) > 0
+    assert summary["leaked_patients_per_run"] == [leaked_patients(pd.read_csv(out / "runs" / f"seed{seed}-fold0" / "split.csv"))
+                                                  for seed in (4, 5)]
+    assert f"so {min(leaked)}–{max(leaked)} patients per run have recordings on both sides" in (out / "report.md").read_text()
+    # --precision auto reached every run, and resolved as the CPU allows.
+    for run in (out / "runs").iterdir():
+        config = json.loads((run / "config.json").read_text())
+        assert config["train_settings"]["precision"] == "auto"
+        assert config["body_precision"] == ("bf16" if bf16_available() else "fp32")
+
+
+@pytest.mark.parametrize("flag, value, named", [
+    ("--folds", "1", "--folds"),
+    ("--out", "{spectrograms}", "{spectrograms}"),  # exists already
+    ("--spectrograms", "{missing}", "{missing}/manifest.csv"),
+])
+def test_cv_command_line_refuses_bad_input(flag, value, named, trained_run, tmp_path, capsys):
+    paths = {"spectrograms": trained_run["spectrograms"], "missing": tmp_path / "missing"}
+    arguments = {"--spectrograms": str(trained_run["spectrograms"]), "--out": str(tmp_path / "cv"),
+                 flag: value.format(**paths)}
+    before = snapshot(tmp_path)
+
+    try:
+        code = cli.main(["cv", *[item for pair in arguments.items() for item in pair], "--no-pretrained", "--quiet"])
+    except SystemExit as refused:  # refused while parsing the arguments: argparse's usage line, then the error
+        code = refused.code
+
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert named.format(**paths) in err.strip().splitlines()[-1]
+    if not flag.startswith("--folds"):
+        assert_one_line_error(CliResult(code, "", err, 0), named.format(**paths), code=2)
+    assert snapshot(tmp_path) == before
 
 
 def test_balance_weights_put_inverse_frequencies_in_the_loss():
@@ -129,12 +172,45 @@ def test_oversampling_draws_rare_classes_as_often_as_common_ones():
     np.testing.assert_allclose(natural, [0.1, 0.2, 0.7], atol=0.02)
 
 
-def test_balance_runs_end_to_end(trained_run, standin_weights, tmp_path):
-    for balance in ["weights", "oversample"]:
-        settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance)
-        from heartbeat.train import train
+def spy_on_the_loss(monkeypatch) -> list[tuple]:
+    """Record (class weights, targets) of every loss computed for a training step (with gradients)."""
+    real_cross_entropy = torch.nn.functional.cross_entropy
+    calls = []
 
-        run = train(trained_run["spectrograms"], tmp_path / balance, settings, progress=False)
-        config = json.loads((run / "config.json").read_text())
-        assert config["train_settings"]["balance"] == balance
-        assert config["class_weights"]["normal"] < 1 < config["class_weights"]["extrastole"]
+    def cross_entropy(input, target, weight=None, *args, **kwargs):
+        if torch.is_grad_enabled():  # training steps; validation runs without gradients
+            calls.append((None if weight is None else weight.clone(), target.clone()))
+        return real_cross_entropy(input, target, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    return calls
+
+
+@pytest.mark.parametrize("balance", ["weights", "oversample"])
+def test_balance_is_used_in_training(balance, trained_run, standin_weights, tmp_path, monkeypatch):
+    from heartbeat.train import train
+
+    calls = spy_on_the_loss(monkeypatch)
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance)
+    run = train(trained_run["spectrograms"], tmp_path / balance, settings, progress=False)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_settings"]["balance"] == balance
+    assert config["class_weights"]["normal"] < 1 < config["class_weights"]["extrastole"]
+    classes = config["classes"]
+    assert len(calls) >= 20
+    split = pd.read_csv(run / "split.csv")
+    manifest = pd.read_csv(trained_run["spectrograms"] / "manifest.csv", keep_default_na=False)
+    train_windows = manifest.merge(split.loc[split["split"] == "train", ["recording"]], on="recording")
+    natural = train_windows["label"].value_counts(normalize=True).reindex(classes, fill_value=0).to_numpy()
+    drawn = np.bincount(torch.cat([targets for _, targets in calls]).numpy(), minlength=len(classes))
+    shares = drawn / drawn.sum()
+    if balance == "weights":
+        # every training step's loss weighs the classes by their inverse frequency; batches keep the natural mix
+        expected = torch.tensor([config["class_weights"][name] for name in classes])
+        assert all(weight is not None and torch.allclose(weight, expected) for weight, _ in calls)
+    else:
+        # the loss is plain, and the sampler draws every class about equally often instead of the natural mix
+        assert all(weight is None for weight, _ in calls)
+        assert natural.max() > 0.45, natural  # the data must be unbalanced for the test to tell
+        assert np.abs(shares - 1 / len(classes)).max() < 0.1, (shares, natural)

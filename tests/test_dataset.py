@@ -111,3 +111,39 @@ def test_real_dataset_b():
     assert len(labelled) == 461
     assert len({recording.patient_id for recording in labelled}) == 165
     assert sum(recording.label == "normal" for recording in labelled) == 320
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (HEADER.encode() + "b,set_b/caf\xe9_1_2_A.wav,normal,\r\n".encode("latin-1"), "not a UTF-8 text csv"),
+        (bytes(range(256)) * 4, "not a UTF-8 text csv"),
+        (b"\x00" * 64 + HEADER.encode(), "not a text csv"),
+        (HEADER.replace("fname", "fn\x1b[2Jame").encode(), "not a text csv"),
+    ],
+    ids=["latin-1", "binary", "nul-bytes", "escape-sequence"],
+)
+def test_a_csv_that_is_not_utf8_text_is_one_line(tmp_path, content, message):
+    root = make_folder(tmp_path, rows=[], files=[])
+    (root / "set_b.csv").write_bytes(content)
+    with pytest.raises(DatasetError) as caught:
+        read_dataset(root)
+    assert str(caught.value).startswith(f"{root / 'set_b.csv'}: {message}")
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_a_csv_that_is_not_a_regular_file_or_too_big_is_refused_unread(tmp_path, monkeypatch):
+    import os
+
+    from heartbeat import dataset
+
+    root = make_folder(tmp_path, rows=[], files=[])
+    (root / "set_b.csv").unlink()
+    os.mkfifo(root / "set_b.csv")  # opening it would wait for a writer for ever
+    with pytest.raises(DatasetError, match="set_b.csv: not a regular file"):
+        read_dataset(root)
+    (root / "set_b.csv").unlink()
+    (root / "set_b.csv").write_text(HEADER + "x" * 100)
+    monkeypatch.setattr(dataset, "MAX_CSV_BYTES", 64)
+    with pytest.raises(DatasetError, match="too big"):
+        read_dataset(root)

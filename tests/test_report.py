@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from heartbeat.report import plot_confusion_matrix, plot_training_curves, write_report
+from badinput import CliResult, assert_one_line_error, run_cli, snapshot
+from heartbeat import cli
+from heartbeat.report import MAX_RUN_FILE_BYTES, plot_confusion_matrix, plot_training_curves, write_report
 
 CLASSES = ["extrastole", "murmur", "normal"]
 OUTPUTS = {"metrics.json", "confusion_matrix.png", "confusion_matrix.json", "report.md"}
@@ -27,15 +33,18 @@ def _predictions(labels, predicted) -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture
-def predictions() -> pd.DataFrame:
+def _sample_predictions() -> pd.DataFrame:
     labels = ["normal"] * 8 + ["murmur"] * 3 + ["extrastole"] * 2
     predicted = ["normal"] * 6 + ["murmur", "extrastole"] + ["murmur", "normal", "murmur"] + ["normal", "extrastole"]
     return _predictions(labels, predicted)
 
 
 @pytest.fixture
-def context() -> dict:
+def predictions() -> pd.DataFrame:
+    return _sample_predictions()
+
+
+def _sample_context() -> dict:
     return {
         "title": "heartbeat run 20261123-190000-test",
         "split": "patient",
@@ -51,13 +60,22 @@ def context() -> dict:
 
 
 @pytest.fixture
-def epoch_log() -> pd.DataFrame:
+def context() -> dict:
+    return _sample_context()
+
+
+def _sample_epoch_log() -> pd.DataFrame:
     return pd.DataFrame({
         "epoch": [0, 1, 2, 3],
         "train_loss": [1.2, 0.9, 0.7, 0.6],
         "valid_loss": [1.1, np.nan, 0.8, 0.75],
         "error_rate": [0.45, 0.4, np.nan, 0.3],
     })
+
+
+@pytest.fixture
+def epoch_log() -> pd.DataFrame:
+    return _sample_epoch_log()
 
 
 def _assert_png(path, min_side=200):
@@ -115,8 +133,16 @@ def test_report_markdown_shows_figures_beside_baseline(tmp_path, predictions, co
     assert _table_row(report, "heart-problem sensitivity") == [f"{3 / 5:.3f}", "0.000"]
     assert _table_row(report, "heart-problem specificity") == [f"{6 / 8:.3f}", "1.000"]
     assert _table_row(report, "heart-problem Youden index") == [f"{3 / 5 + 6 / 8 - 1:.3f}", "0.000"]
-    for figure in ("balanced accuracy", "macro-F1"):
-        assert len(_table_row(report, figure)) == 2
+    # Balanced accuracy and macro-F1 from scikit-learn, for the model and for always answering "normal".
+    always_normal = ["normal"] * len(predictions)
+    assert _table_row(report, "balanced accuracy") == [
+        f"{balanced_accuracy_score(predictions['label'], predictions['predicted']):.3f}",
+        f"{balanced_accuracy_score(predictions['label'], always_normal):.3f}",
+    ]
+    assert _table_row(report, "macro-F1") == [
+        f"{f1_score(predictions['label'], predictions['predicted'], labels=CLASSES, average='macro'):.3f}",
+        f"{f1_score(predictions['label'], always_normal, labels=CLASSES, average='macro', zero_division=0):.3f}",
+    ]
     # Per-class table: murmur precision 2/3 (two of three murmur calls right), recall 2/3, support 3.
     assert _table_row(report, "murmur")[:2] == [f"{2 / 3:.3f}", f"{2 / 3:.3f}"]
     assert _table_row(report, "murmur")[3] == "3"
@@ -214,3 +240,234 @@ def test_plots_directly(tmp_path, epoch_log):
     with pytest.raises(ValueError, match="error_rate"):
         plot_training_curves(epoch_log.drop(columns="error_rate"), tmp_path / "bad.png")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cm.png", "curves.png"]
+
+
+# ---------------------------------------------------------------- heartbeat report RUN: check first, write after
+
+def _run_folder(folder, predictions, context, epoch_log):
+    """A run folder as training leaves it, as far as the report is concerned."""
+    folder.mkdir()
+    write_report(folder, predictions, CLASSES, majority_class="normal", context=context, epoch_log=epoch_log)
+    (folder / "config.json").write_text(json.dumps({"classes": CLASSES, "majority_class": "normal"}))
+    (folder / "predictions.csv").write_text(predictions.to_csv(index=False))
+    (folder / "epochs.csv").write_text(epoch_log.to_csv(index=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_template(tmp_path_factory):
+    return _run_folder(tmp_path_factory.mktemp("template") / "run", _sample_predictions(), _sample_context(),
+                       _sample_epoch_log())
+
+
+@pytest.fixture
+def run_folder(tmp_path, run_template):
+    # Resolved: the messages name the files by their real paths.
+    return Path(shutil.copytree(run_template, tmp_path.resolve() / "run"))
+
+
+def _report(capsys, *args):
+    code = cli.main(["report", *map(str, args)])
+    out, err = capsys.readouterr()
+    return CliResult(code, out, err, 0)
+
+
+def test_report_command_rewrites_from_the_saved_files(run_folder, predictions, capsys):
+    saved = json.loads((run_folder / "metrics.json").read_text())
+    _keep_only_the_context(run_folder)
+    for name in ("report.md", "training_curves.png"):
+        (run_folder / name).unlink()
+
+    result = _report(capsys, run_folder)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_folder / "metrics.json").read_text()) == saved
+    report = (run_folder / "report.md").read_text()
+    recomputed = pd.read_csv(run_folder / "predictions.csv")
+    assert _table_row(report, "balanced accuracy")[0] == (
+        f"{balanced_accuracy_score(recomputed['label'], recomputed['predicted']):.3f}")
+    assert _table_row(report, "macro-F1")[0] == (
+        f"{f1_score(recomputed['label'], recomputed['predicted'], labels=CLASSES, average='macro'):.3f}")
+    _assert_png(run_folder / "training_curves.png")  # drawn again from epochs.csv
+    assert f"{saved['error_rate']:.3f}" in result.stdout and str(run_folder) in result.stdout
+
+
+def _replace_csv(name, change):
+    def damage(folder):
+        frame = pd.read_csv(folder / name)
+        (folder / name).write_text(change(frame).to_csv(index=False))
+    return damage
+
+
+def _write(name, data: bytes):
+    def damage(folder):
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).write_bytes(data)
+    return damage
+
+
+def _edit_json(name, change):
+    def damage(folder):
+        value = json.loads((folder / name).read_text())
+        change(value)
+        (folder / name).write_text(json.dumps(value))
+    return damage
+
+
+def _link_out(name):
+    """name becomes a link to a good copy of itself outside the run folder."""
+    def damage(folder):
+        outside = folder.parent / f"outside-{name}"
+        (folder / name).rename(outside)
+        (folder / name).symlink_to(outside)
+    return damage
+
+
+def _special(name, make):
+    def damage(folder):
+        (folder / name).unlink()
+        make(folder / name)
+    return damage
+
+
+def _huge(name):
+    def damage(folder):
+        with open(folder / name, "r+b") as handle:  # sparse: no disk space, but the size a reader sees
+            handle.truncate(MAX_RUN_FILE_BYTES + 1)
+    return damage
+
+
+BAD_RUN_FOLDERS = {
+    # case: (damage, file named in the message, words of the message)
+    "no predictions": (lambda folder: (folder / "predictions.csv").unlink(), "predictions.csv", "not found"),
+    "predictions lack a column": (_replace_csv("predictions.csv", lambda f: f.drop(columns="predicted")),
+                                  "predictions.csv", "predicted"),
+    "unknown label": (_replace_csv("predictions.csv", lambda f: f.assign(label=["artifact"] + list(f["label"][1:]))),
+                      "predictions.csv", "artifact"),
+    "empty label": (_replace_csv("predictions.csv", lambda f: f.assign(predicted=[None] + list(f["predicted"][1:]))),
+                    "predictions.csv", "predicted"),
+    "a recording twice": (_replace_csv("predictions.csv", lambda f: pd.concat([f, f.iloc[:1]])),
+                          "predictions.csv", "several rows"),
+    "no recordings": (_replace_csv("predictions.csv", lambda f: f.iloc[:0]), "predictions.csv", "no recordings"),
+    "predictions empty": (_write("predictions.csv", b""), "predictions.csv", "csv"),
+    "predictions not UTF-8": (_write("predictions.csv", "recording,label,predicted\nr\xe9c,normal,normal\n".encode("latin-1")),
+                              "predictions.csv", "UTF-8"),
+    "predictions binary": (_write("predictions.csv", bytes(range(256)) * 8), "predictions.csv", ""),
+    "predictions a link out of the folder": (_link_out("predictions.csv"), "predictions.csv", "out of the run folder"),
+    "predictions a fifo": (_special("predictions.csv", os.mkfifo), "predictions.csv", "not a regular file"),
+    "predictions a folder": (_special("predictions.csv", Path.mkdir), "predictions.csv", "not a regular file"),
+    "predictions huge": (_huge("predictions.csv"), "predictions.csv", "bytes"),
+    "no config": (lambda folder: (folder / "config.json").unlink(), "config.json", "not found"),
+    "config not JSON": (_write("config.json", b"{classes: [normal]"), "config.json", "not valid JSON"),
+    "config a list": (_write("config.json", b"[1, 2]"), "config.json", "JSON object"),
+    "config without classes": (_edit_json("config.json", lambda c: c.pop("classes")), "config.json", "classes"),
+    "majority class unknown": (_edit_json("config.json", lambda c: c.update(majority_class="artifact")),
+                               "config.json", "artifact"),
+    "config a link loop": (_special("config.json", lambda path: path.symlink_to(path.name)), "config.json", ""),
+    "config a link out of the folder": (_link_out("config.json"), "config.json", "out of the run folder"),
+    "no metrics": (lambda folder: (folder / "metrics.json").unlink(), "metrics.json", "not found"),
+    "metrics without context": (_edit_json("metrics.json", lambda m: m.pop("context")), "metrics.json", "context"),
+    "context without weights": (_edit_json("metrics.json", lambda m: m["context"].pop("weights")),
+                                "metrics.json", "weights"),
+    "context settings not a table": (_edit_json("metrics.json", lambda m: m["context"].update(settings="fast")),
+                                     "metrics.json", "settings"),
+    "metrics nested too deeply": (_write("metrics.json", b"[" * 100_000), "metrics.json", ""),
+    "metrics with a huge number": (_write("metrics.json", b'{"context": ' + b"9" * 5000 + b"}"), "metrics.json", ""),
+    "epochs lack a column": (_replace_csv("epochs.csv", lambda f: f.drop(columns="error_rate")), "epochs.csv", "error_rate"),
+    "epochs not numbers": (_replace_csv("epochs.csv", lambda f: f.assign(train_loss="low")), "epochs.csv", "train_loss"),
+    "an output is a folder": (_special("report.md", Path.mkdir), "report.md", "folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUN_FOLDERS))
+def test_report_on_a_bad_run_folder_is_one_line_and_changes_nothing(case, run_folder, capsys):
+    damage, name, words = BAD_RUN_FOLDERS[case]
+    damage(run_folder)
+    before = snapshot(run_folder.parent)  # the outside files too: the run folder's links point there
+
+    result = _report(capsys, run_folder)
+
+    line = assert_one_line_error(result, [str(run_folder / name), words], code=2)
+    assert line.startswith("heartbeat: error: ")
+    assert snapshot(run_folder.parent) == before
+
+
+def _keep_only_the_context(run_folder):
+    """metrics.json reduced to what `heartbeat report` needs from it: a rewrite would change it."""
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    (run_folder / "metrics.json").write_text(json.dumps({"context": metrics["context"]}))
+    (run_folder / "confusion_matrix.json").unlink()
+
+
+def test_report_on_an_incomplete_folder_in_a_real_process(run_folder):
+    _keep_only_the_context(run_folder)
+    _replace_csv("epochs.csv", lambda frame: frame.drop(columns="valid_loss"))(run_folder)
+    before = snapshot(run_folder)
+
+    result = run_cli("report", run_folder)
+
+    assert_one_line_error(result, [str(run_folder / "epochs.csv"), "valid_loss"], code=2)
+    assert snapshot(run_folder) == before
+    assert not [path.name for path in run_folder.iterdir() if path.name.startswith(".")]
+
+
+def test_a_failure_while_writing_replaces_none_of_the_report(run_folder, capsys, monkeypatch):
+    _keep_only_the_context(run_folder)
+    before = snapshot(run_folder)
+    real_write_bytes = Path.write_bytes
+    writes = []
+
+    def fail_on_the_third(path, data):
+        writes.append(path.name)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fail_on_the_third)
+    result = _report(capsys, run_folder)
+
+    assert_one_line_error(result, [str(run_folder), "No space left on device"], code=2)
+    assert len(writes) == 3
+    assert snapshot(run_folder) == before  # the two files written before the failure were not renamed into place
+
+
+def test_report_follows_latest_and_never_writes_through_a_link(run_folder, tmp_path, capsys, monkeypatch):
+    from heartbeat import config
+
+    outside = tmp_path / "outside.md"
+    outside.write_text("not the run's")
+    (run_folder / "report.md").unlink()
+    (run_folder / "report.md").symlink_to(outside)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to(run_folder)
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
+
+    result = _report(capsys)  # no RUN: data/runs/latest
+
+    assert result.returncode == 0, result.stderr
+    assert outside.read_text() == "not the run's"
+    assert not (run_folder / "report.md").is_symlink() and (run_folder / "report.md").read_text().startswith("# ")
+    assert (tmp_path / "runs" / "latest").is_symlink()
+
+
+def test_report_on_a_missing_folder(tmp_path, capsys):
+    result = _report(capsys, tmp_path / "no-such-run")
+    assert_one_line_error(result, str(tmp_path / "no-such-run"), code=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_removes_what_a_killed_report_left_and_nothing_else(run_folder, capsys):
+    import fcntl
+
+    dead = run_folder / ".report.k1ll3d.tmp.md"  # its writer is gone: nobody holds its lock
+    dead.write_text("half a report")
+    alive = run_folder / ".metrics.w0rk1n.tmp.json"  # a report still being written holds its lock
+    alive.write_text("{")
+    other = run_folder / ".notes.k1ll3d.tmp.md"  # not a temporary of the report's files
+    other.write_text("someone else's")
+    with open(alive) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _report(capsys, run_folder)
+
+    assert result.returncode == 0, result.stderr
+    assert not dead.exists() and alive.read_text() == "{" and other.exists()

@@ -169,3 +169,33 @@ def test_real_data_a_few_recordings(tmp_path):
                 shutil.copy(REAL_DATA / "set_b" / name, data / "set_b" / name)
     summary = build_spectrograms(data, tmp_path / "out", jobs=1, progress=False, include_unlabelled=True)
     assert summary.failed == [] and summary.recordings == 4 and summary.images >= 4
+
+
+@pytest.mark.parametrize(
+    "image, own",
+    [
+        ("images/normal__103_1305031931979_B_w00.png", True),
+        ("images/x y_w12.png", True),
+        ("../victim.png", False),
+        ("/tmp/victim.png", False),
+        ("images/../victim.png", False),
+        ("images/../../victim.png", False),
+        ("images/sub/x_w00.png", False),
+        ("images//x_w00.png", False),
+        ("images/x_w00.jpg", False),
+        ("x_w00.png", False),
+        ("images/", False),
+        ("images/.x_w00.a1b2c3.tmp.png", False),  # a writer's temporary: never ours to delete
+        ("images/x\x00.png", False),
+    ],
+)
+def test_only_plain_png_names_inside_images_count_as_this_stages_images(image, own):
+    assert spectrograms.is_own_image(image) is own
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "ten"])
+def test_max_seconds_must_be_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["spectrograms", "--max-seconds", value])
+    assert caught.value.code == 2
+    assert "--max-seconds" in capsys.readouterr().err

@@ -53,3 +53,13 @@ def test_random_split_is_by_recording_and_leaks_patients():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="unknown split"):
         make_split(dataset_like(), "fold", 0.3, 0)
+
+
+def test_leaked_patients_counts_patients_on_both_sides_not_recordings():
+    table = pd.DataFrame({
+        "patient_id": [1, 1, 2, 3, 3, 4, 4, 4],
+        "split": ["train", "valid", "train", "valid", "valid", "train", "valid", "valid"],
+    })
+    assert leaked_patients(table) == 2  # patients 1 and 4; patient 4's two validation recordings count once
+    assert leaked_patients(table[table["patient_id"] != 1]) == 1
+    assert leaked_patients(table.assign(split="train")) == 0

@@ -258,3 +258,43 @@ def test_module_imports_only_numpy_and_soundfile():
             "print(sorted(m for m in ('scipy', 'torch', 'librosa', 'fastai', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_synth_command_line_writes_what_the_library_writes(tmp_path, capsys):
+    from heartbeat import cli
+
+    assert cli.main(["synth", "--out", str(tmp_path / "cli"), "--patients", "3", "--seed", "4"]) == 0
+
+    library = write_dataset_b(tmp_path / "library", n_patients=3, seed=4)
+    assert file_digests(tmp_path / "cli") == file_digests(library)
+    assert file_digests(library) != file_digests(write_dataset_b(tmp_path / "other", n_patients=3, seed=5))
+    out = capsys.readouterr().out
+    assert f"synth: {len(read_rows(library))} recordings from 3 patients -> {tmp_path / 'cli'}/set_b.csv" in out
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--out", "{file}"], "{file}"),  # a regular file
+    (["--out", "{file}/data"], "{file}/data"),  # under a regular file
+    (["--out", "{folder}", "--seed", "-1"], "--seed"),
+    (["--out", "{folder}", "--patients", "0"], "--patients"),
+])
+def test_synth_command_line_refuses_bad_input(arguments, named, tmp_path, capsys):
+    from heartbeat import cli
+
+    (tmp_path / "file").write_text("not a folder")
+    paths = {"file": tmp_path / "file", "folder": tmp_path / "data"}
+    before = sorted(tmp_path.iterdir())
+
+    try:
+        code = cli.main(["synth", *(argument.format(**paths) for argument in arguments)])
+    except SystemExit as refused:  # refused while parsing: argparse's usage line, then the error
+        code = refused.code
+
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert named.format(**paths) in err.strip().splitlines()[-1]
+    if not named.startswith("--"):
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(tmp_path.iterdir()) == before and (tmp_path / "file").read_text() == "not a folder"

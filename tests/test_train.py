@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from badinput import REPO, CliResult, assert_one_line_error
 from conftest import record_initial_network
-from heartbeat import cli, model
-from heartbeat.train import TrainError, TrainSettings, train
+from heartbeat import cli, model, split
+from heartbeat.train import TrainError, TrainSettings, bf16_available, read_spectrograms, train
 
 BODY_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
@@ -28,6 +36,41 @@ def saved_state(run_dir):
     return load_file(str(run_dir / model.WEIGHTS_FILE))
 
 
+def git_head() -> str | None:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
+    from PIL import Image
+
+    from heartbeat import audio, metrics
+
+    network, info = model.load_model(run)  # safetensors + JSON: nothing is unpickled
+    classifier = model.Classifier(network).eval()
+    manifest = pd.read_csv(spectrograms / "manifest.csv", keep_default_na=False)
+    predictions = pd.read_csv(run / "predictions.csv")
+    recomputed = []
+    for _, row in predictions.iterrows():
+        images = [audio.model_input(np.asarray(Image.open(spectrograms / name)), info["image_size"])
+                  for name in manifest.loc[manifest["recording"] == row["recording"], "image"]]
+        with torch.no_grad():
+            window_probs = classifier(model.images_to_tensor(images)).numpy()
+        recomputed.append(metrics.combine_windows(window_probs))
+    saved = predictions[[f"prob_{name}" for name in info["classes"]]].to_numpy(dtype=float)
+    return saved, np.array(recomputed)
+
+
+def is_conv_weight(key: str, value) -> bool:
+    return key.endswith("weight") and value.ndim == 4
+
+
+def batchnorm_layers(state: dict) -> list[str]:
+    """torchvision key prefixes of the BatchNorm layers ('bn1', 'layer1.0.downsample.1', ...)."""
+    return [key.removesuffix(".running_mean") for key in state if key.endswith(".running_mean")]
+
+
 def test_run_folder_holds_everything(trained_run):
     run = trained_run["run"]
     for name in ["config.json", "split.csv", "model.safetensors", "model.json", "model.onnx", "lr_find.png", "epochs.csv",
@@ -37,7 +80,10 @@ def test_run_folder_holds_everything(trained_run):
     assert not [path.name for path in run.iterdir() if path.name.startswith(".")]  # no temp files, no fastai scratch
     config = json.loads((run / "config.json").read_text())
     assert config["train_settings"]["image_size"] == 32 and config["audio_settings"]["sample_rate"] == 4000
-    assert {"torch", "fastai", "heartbeat"} <= set(config["versions"]) and config["git_commit"]
+    assert {"torch", "fastai", "heartbeat"} <= set(config["versions"])
+    head = git_head()  # the commit the run was trained from, "+dirty" with uncommitted changes
+    assert re.fullmatch(re.escape(head) + r"(\+dirty)?", config["git_commit"]) if head else config["git_commit"] == "unknown"
+    assert config["body_precision"] == "fp32"  # no body pass in bf16 when training from scratch
     assert len(pd.read_csv(run / "epochs.csv")) == 1
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["error_rate", "accuracy", "balanced_accuracy", "macro_f1", "majority_baseline_accuracy", "n_recordings", "per_class"]:
@@ -57,24 +103,31 @@ def test_split_file_covers_every_labelled_recording_once_by_patient(trained_run)
     assert split.groupby("patient_id")["split"].nunique().max() == 1
 
 
+def test_load_model_rebuilds_the_saved_network(trained_run):
+    import torchvision
+
+    run = trained_run["run"]
+    network, info = model.load_model(run)
+    classes = json.loads((run / "config.json").read_text())["classes"]
+    assert info["classes"] == classes and info["arch"] == "resnet34"
+    assert not network.training
+    state = network.state_dict()
+    # The body is torchvision's ResNet-34, parameter for parameter; the head ends in one output per class.
+    resnet = {key: value for key, value in torchvision.models.resnet34().state_dict().items() if not key.startswith("fc.")}
+    assert sorted(key for key in state if key.startswith("0.")) == sorted(map(body_key, resnet))
+    assert all(state[body_key(key)].shape == value.shape for key, value in resnet.items())
+    last_linear = [layer for layer in network[1].modules() if isinstance(layer, torch.nn.Linear)][-1]
+    assert last_linear.out_features == len(classes) == network(torch.zeros(2, 3, 32, 32)).shape[1]
+    # ... holding exactly the saved weights
+    saved = saved_state(run)
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[key], saved[key]) for key in saved)
+
+
 def test_saved_weights_reload_without_pickle_and_reproduce_the_predictions(trained_run):
-    from PIL import Image
-
-    from heartbeat import audio, metrics
-
     run, spectrograms = trained_run["run"], trained_run["spectrograms"]
-    network, info = model.load_model(run)  # safetensors + JSON: nothing is unpickled
-    classifier = model.Classifier(network).eval()
-    manifest = pd.read_csv(spectrograms / "manifest.csv", keep_default_na=False)
-    predictions = pd.read_csv(run / "predictions.csv")
-    for _, row in predictions.iterrows():
-        images = [audio.model_input(np.asarray(Image.open(spectrograms / name)), info["image_size"])
-                  for name in manifest.loc[manifest["recording"] == row["recording"], "image"]]
-        with torch.no_grad():
-            window_probs = classifier(model.images_to_tensor(images)).numpy()
-        combined = metrics.combine_windows(window_probs)
-        expected = row[[f"prob_{name}" for name in info["classes"]]].to_numpy(dtype=float)
-        np.testing.assert_allclose(combined, expected, atol=1e-5)
+    saved, recomputed = recomputed_probabilities(run, spectrograms)
+    np.testing.assert_allclose(recomputed, saved, atol=1e-5)
     # torch's own safe loader reads the same tensors
     from safetensors.torch import load_file
 
@@ -85,15 +138,25 @@ def test_saved_weights_reload_without_pickle_and_reproduce_the_predictions(train
 
 
 def test_report_command_recomputes_the_same_metrics(trained_run, tmp_path, capsys):
-    import shutil
+    from sklearn.metrics import balanced_accuracy_score, f1_score
 
     copy = tmp_path / "run"
-    shutil.copytree(trained_run["run"], copy)
+    copy.mkdir()
+    for name in ("config.json", "metrics.json", "predictions.csv", "epochs.csv", "lr_find.png"):  # what the report reads
+        shutil.copy(trained_run["run"] / name, copy / name)
     before = json.loads((copy / "metrics.json").read_text())
     (copy / "metrics.json").write_text(json.dumps({"context": before["context"]}))  # damage it
     assert cli.main(["report", str(copy)]) == 0
     assert json.loads((copy / "metrics.json").read_text()) == before
-    assert "error rate" in capsys.readouterr().out
+    assert f"error rate {before['error_rate']:.3f}" in capsys.readouterr().out
+    # The report's figures, recomputed from predictions.csv with scikit-learn.
+    predictions = pd.read_csv(copy / "predictions.csv")
+    classes = json.loads((copy / "config.json").read_text())["classes"]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in (copy / "report.md").read_text().splitlines()
+            if line.startswith("| ")}
+    assert rows["balanced accuracy"] == f"{balanced_accuracy_score(predictions['label'], predictions['predicted']):.3f}"
+    assert rows["macro-F1"] == f"{f1_score(predictions['label'], predictions['predicted'], labels=classes, average='macro', zero_division=0):.3f}"
+    assert rows["error rate"] == f"{(predictions['label'] != predictions['predicted']).mean():.3f}"
 
 
 def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_weights, tmp_path, monkeypatch):
@@ -145,3 +208,147 @@ def test_bad_inputs_to_train(trained_run, tmp_path, capsys):
     assert code == 2 and "bad.pth: not a loadable state dict" in capsys.readouterr().err
     with pytest.raises(TrainError, match="already exists"):
         train(trained_run["spectrograms"], trained_run["run"], TrainSettings(pretrained=False))
+
+
+def test_spectrograms_made_with_other_audio_settings_are_refused(trained_run, tmp_path, capsys):
+    from heartbeat.spectrograms import SETTINGS_NAME
+
+    spectrograms = tmp_path / "spectrograms"
+    shutil.copytree(trained_run["spectrograms"], spectrograms, ignore=shutil.ignore_patterns("features"))
+    settings_file = spectrograms / SETTINGS_NAME
+    made_with = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**made_with, "hop_length": made_with["hop_length"] + 1}))
+    out = tmp_path / "run"
+
+    code = cli.main(["train", "--spectrograms", str(spectrograms), "--out", str(out), "--no-pretrained",
+                     "--image-size", "32", "--epochs", "1", "--quiet"])
+
+    _, err = capsys.readouterr()
+    assert_one_line_error(CliResult(code, "", err, 0), [str(settings_file), "hop_length"], code=2)
+    assert not out.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["spectrograms"]
+
+
+def test_ctrl_c_during_training_exits_130_and_leaves_no_run(trained_run, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    command = [sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(trained_run["spectrograms"]),
+               "--out", str(runs / "run"), "--no-pretrained", "--image-size", "32", "--epochs", "1", "--quiet"]
+    # A session of its own, so that the interrupt goes to its whole process group as a terminal's Ctrl-C does.
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        # Training has begun once the split is written into the run's temporary folder.
+        while not list(runs.glob(".*/split.csv")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == ["heartbeat: interrupted"]
+    assert list(runs.iterdir()) == []  # neither the run nor its temporary folder
+
+
+# ---------------------------------------------------------------- finetune, unfreeze, the majority baseline
+
+@pytest.fixture(scope="module")
+def finetune_run(trained_run, standin_weights, tmp_path_factory):
+    """One run for three checks (one training instead of three): finetune mode on the stand-in weights, then
+    --unfreeze-epochs 1, with a split whose training side's most common class is not the validation side's.
+
+    Returns the run folder, the split, and the network's state when the second stage unfroze it.
+    """
+    from fastai.learner import Learner
+
+    recordings = split.recordings_table(read_spectrograms(trained_run["spectrograms"]))
+    patients = recordings.groupby("patient_id")["label"].first()
+    # Training side: every murmur patient and one patient of each other class; the rest validate.
+    train_patients = set(patients[patients == "murmur"].index)
+    train_patients |= {patients[patients == label].index[0] for label in ("normal", "extrastole")}
+    split_table = recordings.assign(split=np.where(recordings["patient_id"].isin(train_patients), "train", "valid"))
+
+    at_unfreeze = {}
+    real_unfreeze = Learner.unfreeze
+
+    def unfreeze_recording_the_state(learner):
+        at_unfreeze.update({key: value.clone() for key, value in learner.model.state_dict().items()})
+        return real_unfreeze(learner)
+
+    real_lr_find = Learner.lr_find
+
+    def short_lr_find(learner, *args, **kwargs):
+        # 20 steps instead of 100: these tests are about what training changes, not about the rate found.
+        return real_lr_find(learner, *args, **{"num_it": 20, **kwargs})
+
+    # lr given: the changes checked below must not depend on how small lr_find's suggestion is.
+    settings = TrainSettings(weights=str(standin_weights), mode="finetune", unfreeze_epochs=1, lr=1e-3, image_size=32,
+                             epochs=1, batch_size=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Learner, "unfreeze", unfreeze_recording_the_state)
+        patch.setattr(Learner, "lr_find", short_lr_find)
+        run = train(trained_run["spectrograms"], tmp_path_factory.mktemp("finetune") / "run", settings,
+                    split_table=split_table, progress=False)
+    return {"run": run, "split": split_table, "at_unfreeze": at_unfreeze}
+
+
+def test_majority_baseline_is_the_training_sides_most_common_class(finetune_run):
+    run, split_table = finetune_run["run"], finetune_run["split"]
+    train_majority = split_table.loc[split_table["split"] == "train", "label"].value_counts().idxmax()
+    valid_majority = split_table.loc[split_table["split"] == "valid", "label"].value_counts().idxmax()
+    assert train_majority != valid_majority  # the fixture's point: the two sides disagree
+
+    predictions = pd.read_csv(run / "predictions.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    baseline = metrics["majority_baseline"]
+    assert json.loads((run / "config.json").read_text())["majority_class"] == train_majority
+    assert baseline["class"] == train_majority
+    # Its figures are those of answering the training side's class for every validation recording.
+    assert sorted(predictions["recording"]) == sorted(split_table.loc[split_table["split"] == "valid", "recording"])
+    assert baseline["error_rate"] == pytest.approx((predictions["label"] != train_majority).mean())
+    assert metrics["majority_baseline_accuracy"] == pytest.approx((predictions["label"] == train_majority).mean())
+    assert f"always {train_majority}" in (run / "report.md").read_text()
+
+
+def test_finetune_mode_trains_batchnorm_and_keeps_the_convolutions(finetune_run, standin_weights):
+    before = torch.load(standin_weights, weights_only=True)
+    after_first_stage = finetune_run["at_unfreeze"]
+    assert after_first_stage, "the second stage never unfroze the network"
+    convs = [key for key, value in before.items() if is_conv_weight(key, value)]
+    assert all(torch.equal(after_first_stage[body_key(key)], before[key]) for key in convs), "a frozen convolution changed"
+    for layer in batchnorm_layers(before):
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            key = f"{layer}.{part}"
+            assert not torch.equal(after_first_stage[body_key(key)], before[key]), f"{key} did not train"
+    assert "finetune" in json.loads((finetune_run["run"] / "config.json").read_text())["training_mode"]
+
+
+def test_unfreeze_epochs_train_the_whole_body(finetune_run, standin_weights):
+    before, after_first_stage = torch.load(standin_weights, weights_only=True), finetune_run["at_unfreeze"]
+    assert after_first_stage, "the second stage never unfroze the network"
+    final = saved_state(finetune_run["run"])
+    convs = [key for key, value in before.items() if is_conv_weight(key, value)]
+    unchanged = [key for key in convs if torch.equal(final[body_key(key)], after_first_stage[body_key(key)])]
+    assert unchanged == [], f"{len(unchanged)} of {len(convs)} convolutions did not train after unfreezing"
+    epochs = pd.read_csv(finetune_run["run"] / "epochs.csv")
+    assert epochs["epoch"].tolist() == [0, 1]  # one epoch per stage
+    assert json.loads((finetune_run["run"] / "config.json").read_text())["train_settings"]["unfreeze_epochs"] == 1
+
+
+@pytest.mark.skipif(not bf16_available(), reason="torch says this CPU has no bf16")
+def test_bf16_body_pass_runs_and_is_recorded(trained_run, standin_weights, tmp_path):
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="bf16")
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+
+    config = json.loads((run / "config.json").read_text())
+    assert (config["train_settings"]["precision"], config["body_precision"]) == ("bf16", "bf16")
+    # The head was scored on bf16 features: close to what the fp32 model (predict's) gives, but not equal.
+    saved, recomputed = recomputed_probabilities(run, trained_run["spectrograms"])
+    difference = np.abs(saved - recomputed).max()
+    assert 1e-6 < difference < 0.05, difference
