@@ -1,7 +1,7 @@
 """Audio to mel-spectrogram image: the one home of every audio setting.
 
 The spectrogram stage and the predict command both turn sound into images with
-`recording_images()` below, and the settings that shape those images live in one frozen
+`iter_recording_images()` below, and the settings that shape those images live in one frozen
 `AudioSettings` object. The settings are written beside every set of spectrograms and every
 trained model; predict compares a model's saved settings with these and refuses to run on a
 mismatch (`check_settings`), so training and prediction cannot drift apart.
@@ -16,14 +16,17 @@ checks them against librosa itself, and resampling uses soxr at librosa's defaul
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
 import math
+import os
+import stat
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +102,19 @@ SETTINGS = AudioSettings()
 
 # A recording whose peak is at most one 16-bit quantisation step holds no sound.
 SILENCE_PEAK = 1.0 / 32768
+# librosa.power_to_db's floor: avoids log(0) on padded silence.
+POWER_FLOOR = 1e-10
+# Sound is read as floats within [-1, 1] (integer formats) or near it (float formats: real
+# recordings stay within a few units). Far above that the power spectrum overflows float32
+# (from a peak of about 1e17) and the image goes blank, so a louder signal is first scaled by
+# an exact power of two. The image does not depend on the level, and ordinary input is never
+# scaled, so its images stay byte-identical.
+LOUDEST_UNSCALED = 2.0**16
+# Recordings of up to 32 windows (2.7 min: every Dataset B and PhysioNet 2016 recording) keep
+# their windows' mel powers (256 KB each, 8 MB at most) from finding the reference level until
+# the images are made. Longer ones compute them again instead (a second mel pass, about 7 ms
+# per window), so memory does not grow with a recording's duration.
+KEPT_WINDOWS = 32
 
 
 class AudioError(ValueError):
@@ -121,46 +137,174 @@ def check_settings(saved: dict, current: AudioSettings = SETTINGS) -> None:
 
 # ---------------------------------------------------------------- loading
 
-def load_audio(path: str | Path, settings: AudioSettings = SETTINGS) -> np.ndarray:
+# Input limits, checked from a file's header before its samples are read. They are not
+# AudioSettings fields: they decide which files are used, not how an image looks, so changing
+# them must not change the settings' digest (that would redo every image and orphan every model).
+#
+# Heart sounds need at least 1 kHz: murmurs reach 600-1000 Hz, and a 1 kHz recording holds up
+# to 500 Hz. PhysioNet 2016's 2 kHz recordings are well above it. Below it a file is not a
+# heart-sound recording, and a 7 KB header declaring 1 Hz would become an hour of windows.
+MIN_SAMPLE_RATE = 1000
+# Ten minutes: far longer than any auscultation (Dataset B's longest is 28 s, PhysioNet
+# 2016's about 2 min), and it bounds the time one file can take. --max-seconds raises it.
+DEFAULT_MAX_SECONDS = 600.0
+# Native values read at a time (frames x channels, 1 MB of float32): what reading costs in
+# memory, whatever the file's length, rate or channel count. Dataset B's files are one block.
+BLOCK_VALUES = 2**18
+
+# What a path that is not a regular file is, for the message (symbolic links are followed first).
+FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+              stat.S_IFSOCK: "a socket"}
+
+
+def load_audio(path: str | os.PathLike, settings: AudioSettings = SETTINGS, *,
+               max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """Read any file soundfile can read, mix to mono, resample to the model rate; float32.
 
-    Raises AudioError for a missing, unreadable, empty, non-finite, silent or too-short file.
+    Raises AudioError for a missing file or one that is not a regular file (a FIFO, a device,
+    a symbolic link loop), an unreadable one, a sample rate below MIN_SAMPLE_RATE or a
+    duration above max_seconds (both from the header, before any sample is read), and for
+    an empty, non-finite, silent or too-short recording. Samples are read in blocks and
+    resampled as a stream, so memory follows the 4 kHz output, not the file's native rate.
     """
     import soundfile
 
-    path = Path(path)
-    if path.is_dir():
-        raise AudioError("is a directory, not an audio file")
-    if not path.exists():
-        raise AudioError("no such file")
+    descriptor = _open_regular_file(path)
     try:
-        samples, native_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as error:  # soundfile raises its own error type for every unreadable file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AudioError(f"not a readable audio file ({reason})") from None
-    return prepare_signal(samples, native_rate, settings)
+        # Read through the descriptor, never the name again: what was checked is what is read
+        # (and a name that is not valid UTF-8 needs no encoding).
+        with soundfile.SoundFile(descriptor, closefd=False) as sound:
+            check_header(sound.samplerate, sound.frames, max_seconds)
+            return _read_mono(sound, settings, max_seconds)
+    except AudioError:
+        raise
+    except Exception as error:  # soundfile raises its own error types for every unreadable file
+        raise AudioError(f"not a readable audio file ({_reason(error)})") from None
+    finally:
+        os.close(descriptor)
 
 
-def prepare_signal(samples: np.ndarray, native_rate: int, settings: AudioSettings = SETTINGS) -> np.ndarray:
-    """Validate, mix down (mean of channels) and resample an array of shape (n,) or (n, channels)."""
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1, dtype=np.float32)
-    if samples.size == 0:
+def _open_regular_file(path: str | os.PathLike) -> int:
+    """A read-only descriptor of `path` (symbolic links followed) if it is a regular file; else AudioError.
+
+    Checked before opening, so a FIFO (whose opening blocks until someone writes) or a device
+    is never opened; and checked again on the descriptor, in case the name changed in between.
+    """
+    try:
+        _check_regular(os.stat(path).st_mode)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise AudioError(_open_problem(path, error)) from None
+    try:
+        _check_regular(os.fstat(descriptor).st_mode)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise AudioError("is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"is not a regular file ({FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')})")
+
+
+def _open_problem(path: str | os.PathLike, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "is a symbolic link loop (too many levels of symbolic links)"
+    if error.errno == errno.ENOENT:
+        return "is a broken symbolic link (its target does not exist)" if os.path.islink(path) else "no such file"
+    if error.errno == errno.EACCES:
+        return "cannot be read (permission denied)"
+    return f"cannot be opened ({error.strerror or type(error).__name__})"
+
+
+def _reason(error: Exception) -> str:
+    # soundfile's own wording, without its "Error opening <file descriptor>:" prefix.
+    text = getattr(error, "error_string", None) or str(error).strip() or type(error).__name__
+    return text.splitlines()[0].rstrip(".")
+
+
+def check_header(native_rate: int, frames: int, max_seconds: float = DEFAULT_MAX_SECONDS) -> None:
+    """Refuse, from what a header declares, a rate below MIN_SAMPLE_RATE or a length above max_seconds."""
+    if native_rate < MIN_SAMPLE_RATE:
+        raise AudioError(f"sample rate {native_rate} Hz is below the minimum {MIN_SAMPLE_RATE} Hz "
+                         f"(heart sounds need at least 1 kHz)")
+    seconds = frames / native_rate
+    if seconds > max_seconds:
+        raise AudioError(f"is {seconds:g} s long, longer than --max-seconds {max_seconds:g}")
+
+
+def _read_mono(sound, settings: AudioSettings, max_seconds: float) -> np.ndarray:
+    """Read an open file block by block: mix each to mono, check it, resample it as a stream."""
+    native_rate = sound.samplerate
+    resampler = _resampler(native_rate, settings)
+    # A header can understate the length: stop reading once the limit is passed.
+    max_frames = math.floor(max_seconds * native_rate)
+    block_frames = max(1, BLOCK_VALUES // sound.channels)
+    pieces, frames, peak = [], 0, 0.0
+    while True:
+        block = sound.read(block_frames, dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        frames += len(block)
+        if frames > max_frames:
+            raise AudioError(f"is longer than --max-seconds {max_seconds:g}")
+        mono = block.mean(axis=1, dtype=np.float32)
+        if not np.isfinite(mono).all():
+            raise AudioError("contains NaN or infinite samples")
+        peak = max(peak, float(np.abs(mono).max()))
+        pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
+    _check_content(frames, peak, native_rate, settings)
+    if resampler is None:
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    return _finite(np.concatenate(pieces))
+
+
+def _resampler(native_rate: int, settings: AudioSettings):
+    if native_rate == settings.sample_rate:
+        return None
+    import soxr
+
+    # librosa.resample's default ("soxr_hq"), called directly to keep librosa out of predict.
+    # The stream gives the same samples as soxr.resample on the whole signal (a test checks).
+    return soxr.ResampleStream(native_rate, settings.sample_rate, 1, dtype="float32", quality="HQ")
+
+
+def _check_content(frames: int, peak: float, native_rate: int, settings: AudioSettings) -> None:
+    if frames == 0:
         raise AudioError("holds no samples (empty recording)")
-    if not np.isfinite(samples).all():
-        raise AudioError("contains NaN or infinite samples")
-    if float(np.abs(samples).max()) <= SILENCE_PEAK:
+    if peak <= SILENCE_PEAK:
         raise AudioError("is silent (no sample above one 16-bit step)")
-    seconds = samples.size / native_rate
+    seconds = frames / native_rate
     if seconds < settings.min_seconds:
         raise AudioError(f"is {seconds:.2f} s long, shorter than the minimum {settings.min_seconds} s")
-    if native_rate != settings.sample_rate:
-        import soxr
 
-        # librosa.resample's default ("soxr_hq"), called directly to keep librosa out of predict.
-        samples = soxr.resample(samples, native_rate, settings.sample_rate, quality="HQ").astype(np.float32)
-    return samples
+
+def _finite(signal: np.ndarray) -> np.ndarray:
+    # Finite samples near float32's limit (about 3e38) can overflow in the resampler's filter.
+    if not np.isfinite(signal).all():
+        raise AudioError("has samples too large to resample (they overflow float32)")
+    return signal
+
+
+def prepare_signal(samples: np.ndarray, native_rate: int, settings: AudioSettings = SETTINGS, *,
+                   max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
+    """load_audio for samples already in memory: shape (n,) or (n, channels) at native_rate."""
+    samples = np.asarray(samples, dtype=np.float32)
+    check_header(native_rate, len(samples), max_seconds)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if samples.size and not np.isfinite(samples).all():
+        raise AudioError("contains NaN or infinite samples")
+    _check_content(samples.size, float(np.abs(samples).max()) if samples.size else 0.0, native_rate, settings)
+    if native_rate == settings.sample_rate:
+        return samples
+    import soxr
+
+    return _finite(soxr.resample(samples, native_rate, settings.sample_rate, quality="HQ").astype(np.float32))
 
 
 # ---------------------------------------------------------------- windows
@@ -242,28 +386,58 @@ def mel_power(signal: np.ndarray, settings: AudioSettings = SETTINGS) -> np.ndar
 
 def mel_image(power: np.ndarray, reference_power: float, settings: AudioSettings = SETTINGS) -> np.ndarray:
     """uint8 (image_size, image_size) image of one window's mel power; low frequencies at the bottom."""
-    amin = 1e-10  # librosa.power_to_db's floor: avoids log(0) on padded silence
-    decibels = 10.0 * np.log10(np.maximum(power, amin) / max(reference_power, amin))
+    decibels = 10.0 * np.log10(np.maximum(power, POWER_FLOOR) / max(reference_power, POWER_FLOOR))
     scaled = (decibels + settings.top_db) * (255.0 / settings.top_db)
     pixels = np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
     rows_per_band = settings.image_size // settings.n_mels
     return np.repeat(pixels[::-1], rows_per_band, axis=0)
 
 
-def recording_images(signal: np.ndarray, settings: AudioSettings = SETTINGS) -> list[tuple[float, np.ndarray]]:
-    """Cut a prepared signal into windows; return (start in seconds, uint8 image) per window.
+def iter_recording_images(signal: np.ndarray, settings: AudioSettings = SETTINGS) -> Iterator[tuple[float, np.ndarray]]:
+    """Cut a prepared signal into windows; yield (start in seconds, uint8 image) per window.
 
     The one function that turns sound into model input, for training and prediction alike.
+    All windows share one dB scale, referenced to the recording's loudest mel bin, so every
+    window's mel power is computed before the first image; the images are made one at a time,
+    as they are asked for. Raises AudioError (before the first image) for a signal without
+    sound in the mel bands: its images would be blank.
     """
+    signal = _safe_level(signal)
+    starts = window_starts(signal.size, settings)
+
+    def powers() -> Iterator[np.ndarray]:
+        return (_window_power(signal, start, settings) for start in starts)
+
+    kept = list(powers()) if len(starts) <= KEPT_WINDOWS else None
+    reference_power = max(float(power.max()) for power in (kept or powers()))
+    if not reference_power > POWER_FLOOR:  # at or below the floor every pixel is the same
+        raise AudioError(f"has no sound between {settings.fmin:g} and {settings.fmax:g} Hz "
+                         f"(its spectrogram would be blank)")
+    for start, power in zip(starts, kept or powers()):
+        yield start / settings.sample_rate, mel_image(power, reference_power, settings)
+
+
+def recording_images(signal: np.ndarray, settings: AudioSettings = SETTINGS) -> list[tuple[float, np.ndarray]]:
+    """iter_recording_images as a list: every (start in seconds, uint8 image) of a recording."""
+    return list(iter_recording_images(signal, settings))
+
+
+def _window_power(signal: np.ndarray, start: int, settings: AudioSettings) -> np.ndarray:
     width = settings.window_samples
-    windows = []
-    for start in window_starts(signal.size, settings):
-        piece = signal[start:start + width]
-        if piece.size < width:
-            piece = np.pad(piece, (0, width - piece.size))  # silence after a short recording
-        windows.append((start / settings.sample_rate, mel_power(piece, settings)))
-    reference_power = max(float(power.max()) for _, power in windows)
-    return [(start_s, mel_image(power, reference_power, settings)) for start_s, power in windows]
+    piece = signal[start:start + width]
+    if piece.size < width:
+        piece = np.pad(piece, (0, width - piece.size))  # silence after a short recording
+    return mel_power(piece, settings)
+
+
+def _safe_level(signal: np.ndarray) -> np.ndarray:
+    """The signal, scaled down by an exact power of two if it is loud enough to overflow (see LOUDEST_UNSCALED)."""
+    peak = max(float(signal.max()), -float(signal.min())) if signal.size else 0.0
+    if not math.isfinite(peak):
+        raise AudioError("contains NaN or infinite samples")
+    if peak <= LOUDEST_UNSCALED:
+        return signal
+    return np.ldexp(signal, -math.frexp(peak)[1]).astype(signal.dtype, copy=False)  # peak now in [0.5, 1)
 
 
 def encode_png(image: np.ndarray) -> bytes:

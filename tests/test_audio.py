@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import re
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +157,169 @@ def test_settings_refuse_impossible_values():
         audio.AudioSettings(fmax=3000)
     with pytest.raises(ValueError, match="multiple"):
         audio.AudioSettings(n_mels=100)
+
+
+# ---------------------------------------------------------------- the README's settings, as literal numbers
+
+def test_settings_are_the_readme_table():
+    # Literal values on purpose: every other test takes its expectations from audio.SETTINGS, so
+    # a changed setting (hop 40 -> 41, say) would pass them all. Changing one is a new model format.
+    settings = audio.SETTINGS
+    assert (settings.sample_rate, settings.win_length, settings.n_fft, settings.hop_length) == (4000, 256, 512, 40)
+    assert (settings.n_mels, settings.fmin, settings.fmax, settings.top_db) == (128, 20.0, 2000.0, 80.0)
+    assert (settings.image_size, settings.window_samples, settings.window_seconds) == (512, 20440, 5.11)
+    assert settings.min_seconds == 0.5
+    assert (audio.MIN_SAMPLE_RATE, audio.DEFAULT_MAX_SECONDS) == (1000, 600.0)
+
+
+def test_a_12_s_recording_gives_the_windows_and_columns_the_table_says():
+    # 12 s at 4 kHz = 48000 samples; a window is 511 hops of 40 samples = 20440 (5.11 s), so
+    # ceil(48000 / 20440) = 3 windows, spread evenly: starts 0, (48000 - 20440) / 2 = 13780 and
+    # 27560 samples. One image column per 40-sample hop: a burst at 4.00-4.10 s lies in
+    # columns 400-410 of the first window.
+    signal = np.zeros(48000, np.float32)
+    signal[16000:16400] = sine(400, 0.1, 4000, 0.8)
+    images = audio.recording_images(signal)
+    assert [start for start, _ in images] == [0.0, 13780 / 4000, 27560 / 4000] == [0.0, 3.445, 6.89]
+    assert all(image.shape == (512, 512) and image.dtype == np.uint8 for _, image in images)
+    loudest_column = int(images[0][1].astype(int).sum(axis=0).argmax())
+    assert 400 <= loudest_column <= 410
+
+
+# ---------------------------------------------------------------- input limits and special files
+
+def test_the_sample_rate_floor_is_1_khz(tmp_path):
+    physionet = write_wav(tmp_path / "physionet.wav", clicks(3.0, 2000), 2000)
+    assert audio.load_audio(physionet).size == 3 * 4000
+    too_low = write_wav(tmp_path / "low.wav", clicks(3.0, 999), 999)
+    with pytest.raises(audio.AudioError, match="sample rate 999 Hz is below the minimum 1000 Hz"):
+        audio.load_audio(too_low)
+    with pytest.raises(audio.AudioError, match="sample rate 999 Hz"):
+        audio.prepare_signal(clicks(3.0, 999), 999)
+
+
+def test_a_recording_longer_than_max_seconds_is_refused_before_its_samples_are_read(tmp_path, monkeypatch):
+    import soundfile
+
+    path = write_wav(tmp_path / "long.wav", clicks(700.0, 1000), 1000)  # 700 s in 1.4 MB
+    assert audio.load_audio(path, max_seconds=700).size == 700 * 4000
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("samples were read")
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", no_reading)
+    with pytest.raises(audio.AudioError, match=r"^is 700 s long, longer than --max-seconds 600$"):
+        audio.load_audio(path)
+    with pytest.raises(audio.AudioError, match=r"longer than --max-seconds 12.5$"):
+        audio.load_audio(path, max_seconds=12.5)
+
+
+def test_reading_takes_memory_of_the_4_khz_output_not_of_the_native_file(tmp_path):
+    import tracemalloc
+
+    seconds, rate = 30, 44100
+    sound = clicks(seconds, rate)
+    path = write_wav(tmp_path / "stereo-44k.wav", np.stack([sound, sound], axis=1), rate, "FLOAT")  # 10.6 MB
+    tracemalloc.start()
+    try:
+        signal = audio.load_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The output (0.5 MB) a few times over and a few blocks; reading it whole would be 10.6 MB at once.
+    assert peak < 4 * signal.nbytes + 3 * 4 * audio.BLOCK_VALUES
+    assert signal.size == seconds * 4000
+
+
+def test_blocks_and_streamed_resampling_give_the_samples_of_the_whole_file_at_once(tmp_path):
+    import soundfile
+
+    rate = 44100  # 10 s of stereo: several blocks
+    sound = clicks(10.0, rate) + sine(700, 10.0, rate, 0.1)
+    path = write_wav(tmp_path / "stereo-44k.wav", np.stack([sound, 0.3 * sound], axis=1), rate, "PCM_24")
+    assert 10 * rate * 2 > 2 * audio.BLOCK_VALUES
+    whole, native_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(audio.load_audio(path), audio.prepare_signal(whole, native_rate))
+
+
+@pytest.mark.timeout(30)  # the old code opened a FIFO and waited for a writer forever
+def test_only_regular_files_are_opened(tmp_path):
+    good = write_wav(tmp_path / "good.wav", clicks(2.0, 4000), 4000)
+    os.mkfifo(tmp_path / "fifo.wav")
+    (tmp_path / "loop.wav").symlink_to("loop.wav")
+    (tmp_path / "broken.wav").symlink_to("gone.wav")
+    (tmp_path / "link.wav").symlink_to("good.wav")
+    refused = {
+        tmp_path / "fifo.wav": "is not a regular file (a FIFO)",
+        tmp_path / "loop.wav": "is a symbolic link loop",
+        tmp_path / "broken.wav": "is a broken symbolic link",
+        Path("/dev/null"): "is not a regular file (a character device)",
+    }
+    for path, message in refused.items():
+        with pytest.raises(audio.AudioError, match=re.escape(message)):
+            audio.load_audio(path)
+    np.testing.assert_array_equal(audio.load_audio(tmp_path / "link.wav"), audio.load_audio(good))
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path):
+    good = write_wav(tmp_path / "good.wav", clicks(2.0, 4000), 4000)
+    expected = audio.load_audio(good)
+    name = os.path.join(os.fsencode(tmp_path), b"rec\xff.wav")
+    os.rename(good, name)
+    np.testing.assert_array_equal(audio.load_audio(name), expected)
+    np.testing.assert_array_equal(audio.load_audio(os.fsdecode(name)), expected)  # as argv gives it
+
+
+# ---------------------------------------------------------------- level and blank images
+
+def test_a_huge_float_signal_gives_the_images_of_the_same_sound_at_ordinary_level():
+    ordinary = clicks(7.0, 4000) + 0.01 * np.random.default_rng(1).standard_normal(28000).astype(np.float32)
+    ordinary *= np.float32(0.9) / np.abs(ordinary).max()  # peak in [0.5, 1): 2**-60 times `huge`, exactly
+    huge = ordinary * np.float32(2.0**60)  # about 1e18: finite in float32, but its power spectrum was not
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warnings
+        huge_images = audio.recording_images(huge)
+    ordinary_images = audio.recording_images(ordinary)
+    assert len(huge_images) == len(ordinary_images) == 2
+    for (start, image), (ordinary_start, ordinary_image) in zip(huge_images, ordinary_images):
+        assert start == ordinary_start
+        np.testing.assert_array_equal(image, ordinary_image)
+    assert huge_images[0][1].max() == 255 and huge_images[0][1].min() < 128  # not blank, not flat
+
+
+def test_a_signal_without_sound_in_the_mel_bands_is_refused_rather_than_imaged():
+    # 1e-9: at or below the power floor everywhere, every pixel came out the same (all white).
+    with pytest.raises(audio.AudioError, match="no sound between 20 and 2000 Hz"):
+        audio.recording_images(sine(100, 3.0, 4000, 1e-9))
+
+
+# ---------------------------------------------------------------- windows made lazily, in bounded memory
+
+def test_images_come_one_at_a_time_in_memory_that_does_not_grow_with_duration(monkeypatch):
+    import tracemalloc
+
+    def peak_while_consuming(signal) -> int:
+        tracemalloc.start()
+        try:
+            for _ in audio.iter_recording_images(signal):
+                pass  # each image dropped once seen, as predict and stage 1 do
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    monkeypatch.setattr(audio, "KEPT_WINDOWS", 4)  # past it, mel powers are computed again, not kept
+    window = SETTINGS.window_samples
+    sound = clicks(24 * window / 4000, 4000)
+    eight, twenty_four = peak_while_consuming(sound[: 8 * window]), peak_while_consuming(sound)
+    assert twenty_four < eight + 2**20  # holding 16 more windows would be 8 MB more (512 KB each)
+
+
+def test_computing_the_mel_powers_again_gives_the_same_images(monkeypatch):
+    signal = clicks(30.0, 4000) + 0.01 * np.random.default_rng(3).standard_normal(120000).astype(np.float32)
+    kept = audio.recording_images(signal)
+    monkeypatch.setattr(audio, "KEPT_WINDOWS", 2)
+    computed_again = audio.recording_images(signal)
+    assert len(kept) == len(computed_again) == 6
+    for (start, image), (start_again, image_again) in zip(kept, computed_again):
+        assert start == start_again
+        np.testing.assert_array_equal(image, image_again)
