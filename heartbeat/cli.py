@@ -94,7 +94,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _spectrogram_max_seconds(text: str) -> float:
+def _max_seconds(text: str) -> float:
     """--max-seconds of `heartbeat spectrograms`: a positive, finite number of seconds."""
     value = _finite_float(text)
     if value <= 0:
@@ -119,7 +119,7 @@ def _add_spectrograms(commands) -> None:
     parser.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: one per core)")
     parser.add_argument("--include-unlabelled", action="store_true", help="also the 195 unlabelled test recordings")
     # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
-    parser.add_argument("--max-seconds", type=_spectrogram_max_seconds, default=None,
+    parser.add_argument("--max-seconds", type=_max_seconds, default=None,
                         help="refuse recordings longer than this, from their header, before reading them: a tiny file "
                              "can declare hours of sound (default: 600, ten minutes; Dataset B's longest is under 30 s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -280,7 +280,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line per file: file, label, probabilities, windows, model_id")
     # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
-    parser.add_argument("--max-seconds", type=_spectrogram_max_seconds, default=None, metavar="SECONDS",
+    parser.add_argument("--max-seconds", type=_max_seconds, default=None, metavar="SECONDS",
                         help="refuse recordings longer than this, from their header, before reading them: a tiny file "
                              "can declare hours of sound (default: 600, ten minutes)")
     parser.set_defaults(run=_run_predict)
@@ -405,8 +405,15 @@ def _run_synth(args) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem and where to look, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="heartbeat",
         description=(
             "Classify PASCAL heart-sound recordings (Dataset B: normal, murmur, extrastole) from "
