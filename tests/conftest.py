@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One compute thread per test process (set before numpy or torch load their thread pools): the
+# training fixtures are tiny, so a second thread gains little, and on a busy 2-core machine
+# OpenMP's spinning threads slowed the trained_run fixture past pytest's 300 s timeout (44 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import soundfile
@@ -68,7 +73,7 @@ def trained_run(tmp_path_factory):
     settings = TrainSettings(pretrained=False, image_size=32, epochs=1, batch_size=8, seed=1)
     with pytest.MonkeyPatch.context() as patch:
         initial_body = record_initial_network(patch)
-        run = train(root / "spectrograms", root / "run", settings, progress=False)
+        run = train(root / "spectrograms", root / "run", settings, progress=False).run_dir
     return {"data": data, "spectrograms": root / "spectrograms", "run": run, "initial_body": initial_body}
 
 
