@@ -9,11 +9,12 @@ and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from pathlib import Path
 
 from heartbeat import __version__
+from heartbeat import settings as settings_module
 
 EXIT_FAILED = 1  # the command ran but some input failed
 EXIT_USAGE = 2  # the command could not run (argparse uses 2 as well)
@@ -23,75 +24,16 @@ class UserError(Exception):
     """An error whose message is the whole story: printed as one line, exit code 2."""
 
 
-# The limits of train's and cv's numbers, as TrainSettings.validate has them (train.MAX_SEED, train.MAX_IMAGE_SIZE;
-# not imported here: that would load torch before a bad flag could be reported).
-MAX_SEED = 2**32 - 1  # numpy's seeding takes 0 .. 2**32-1
-MAX_IMAGE_SIZE = 2048  # 4x the published 512 px
-
-
-def _whole_number(text: str, low: int, high: int | None = None) -> int:
-    """An integer in [low, high]; ArgumentTypeError otherwise (argparse then names the flag in its message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-        raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _whole_number(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    return _whole_number(text, 0)
-
-
-def _seed(text: str) -> int:
-    return _whole_number(text, 0, MAX_SEED)
-
-
-def _image_size(text: str) -> int:
-    return _whole_number(text, 1, MAX_IMAGE_SIZE)
+# Checks of one number, shared with TrainSettings' flags (heartbeat.settings imports only the standard library,
+# so a bad flag is still reported before torch loads).
+MAX_SEED = settings_module.MAX_SEED
+_positive_int = settings_module.positive_int
+_seed = settings_module.seed_number
+_finite_float = settings_module.finite_float
 
 
 def _fold_count(text: str) -> int:
-    return _whole_number(text, 2)  # one fold would leave nothing to train on
-
-
-def _finite_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _learning_rate(text: str) -> float:
-    value = _finite_float(text)
-    if value <= 0:  # a negative rate climbs the loss: a diverged model
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _run_name(text: str) -> str:
-    """--name: part of one folder's name, so never a path (no '/'), nor hidden (temporary names start with '.')."""
-    if "/" in text or "\0" in text or text.startswith("."):
-        raise argparse.ArgumentTypeError(f"must be a plain name (no '/', not starting with '.'), got {text!r}")
-    return text
-
-
-def _fraction(text: str) -> float:
-    value = _finite_float(text)
-    if not 0 < value < 1:  # both sides of the split need recordings
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
-    return value
+    return settings_module.whole_number(text, 2)  # one fold would leave nothing to train on
 
 
 def _max_seconds(text: str) -> float:
@@ -146,48 +88,52 @@ def _run_spectrograms(args) -> int:
     return EXIT_FAILED if summary.failed else 0
 
 
-def _add_train_flags(parser) -> None:
-    """The training flags, shared by `train` and `cv`; defaults are TrainSettings' (the published ones)."""
+def _add_train_flags(parser, command: str) -> None:
+    """The training flags of `train` or `cv`, one per TrainSettings field: flag, default, choices, check and help
+    are the field's (heartbeat.settings); --weights and --no-pretrained exclude each other."""
+    import dataclasses
+
     from heartbeat import config
 
     parser.add_argument("--spectrograms", default=str(config.SPECTROGRAMS_DIR), help="stage 1 output folder (default: %(default)s)")
-    parser.add_argument("--split", choices=("patient", "random"), default="patient",
-                        help="patient: grouped by patient, no patient on both sides (default); random: the published 70:30 by recording, patients leak")
-    parser.add_argument("--valid-fraction", type=_fraction, default=0.3, help="share of recordings for validation (default: %(default)s)")
-    parser.add_argument("--seed", type=_seed, default=42,
-                        help=f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)")
-    parser.add_argument("--epochs", type=_positive_int, default=5, help="one-cycle epochs (default: %(default)s, as published)")
-    parser.add_argument("--bs", type=_positive_int, default=4, help="batch size (default: %(default)s, as published)")
-    parser.add_argument("--image-size", type=_image_size, default=512,
-                        help=f"network input size in px, 1 to {MAX_IMAGE_SIZE}; images are resized (default: %(default)s)")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--weights", metavar="PATH", help="ResNet-34 state dict in torchvision's format (default: the torch hub cache under TORCH_HOME)")
-    weights.add_argument("--no-pretrained", action="store_true", help="no ImageNet weights: train the whole network from scratch")
-    parser.add_argument("--offline", action="store_true",
-                        help="never download ImageNet weights missing from the hub cache (as HEARTBEAT_OFFLINE=1)")
-    parser.add_argument("--mode", choices=("features", "finetune"), default="features",
-                        help="features: frozen body run once, head trained on its outputs (default, fast); "
-                             "finetune: fastai's frozen body with trainable BatchNorm, as published")
-    parser.add_argument("--lr", type=_learning_rate, default=None, help="learning rate (default: lr_find's suggestion)")
-    parser.add_argument("--unfreeze-epochs", type=_non_negative_int, default=0, help="optional second stage: unfreeze and train N more epochs")
-    parser.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
-                        help="class imbalance: none (published), inverse-frequency loss weights, or oversampling rare classes")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
-                        help="body forward pass in features mode: fp32 (default; the report then matches predict), "
-                             "bf16 (faster on CPUs with bf16 instructions; report and predict can differ slightly), "
-                             "auto (bf16 where the CPU has it)")
+    groups = {}
+    for field in dataclasses.fields(settings_module.TrainSettings):
+        flag = field.metadata
+        if command not in flag["commands"]:
+            continue
+        exclusive = flag["exclusive"]
+        if exclusive and exclusive not in groups:
+            groups[exclusive] = parser.add_mutually_exclusive_group()
+        target = groups[exclusive] if exclusive else parser
+        options = dict(flag["options"])
+        if "type" in options and "metavar" not in options:  # --bs BS, not --bs BATCH_SIZE (the field's name)
+            options["metavar"] = flag["flag"].lstrip("-").upper().replace("-", "_")
+        target.add_argument(flag["flag"], dest=field.name, default=field.default, help=flag["help"], **options)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _train_settings(args):
-    from heartbeat.train import TrainSettings
+    """TrainSettings from the parsed flags, checked (ValueError, one line: e.g. flags that do nothing together)."""
+    settings = settings_module.settings_from_arguments(args, args.command)
+    settings.validate()
+    return settings
 
-    return TrainSettings(
-        split=args.split, valid_fraction=args.valid_fraction, seed=args.seed, epochs=args.epochs, batch_size=args.bs,
-        image_size=args.image_size, pretrained=not args.no_pretrained, weights=args.weights, offline=args.offline, mode=args.mode,
-        lr=args.lr, unfreeze_epochs=args.unfreeze_epochs, balance=args.balance, precision=args.precision,
-        name=getattr(args, "name", "") or "",
-    )
+
+@contextlib.contextmanager
+def _training_errors():
+    """Stage 2's errors the user can fix as one line (UserError, exit 2): bad data, weights, device, a full disk."""
+    try:
+        yield
+    except (settings_module.TrainError, ValueError) as error:
+        raise UserError(str(error)) from None
+    except OSError as error:  # what no check could foresee (a full disk); the output folder was not written
+        raise UserError(_os_error_line(error)) from None
+    except Exception as error:  # WeightsError: imported only here, as it loads torch
+        from heartbeat.model import WeightsError
+
+        if not isinstance(error, WeightsError):
+            raise
+        raise UserError(str(error)) from None
 
 
 def _add_train(commands) -> None:
@@ -200,27 +146,19 @@ def _add_train(commands) -> None:
             "ImageNet weights come from the torch hub cache or --weights; without them, say --no-pretrained."
         ),
     )
-    _add_train_flags(parser)
+    _add_train_flags(parser, "train")
     parser.add_argument("--out", help="run folder to create (default: a new folder under --runs, and --runs/latest points to it)")
     parser.add_argument("--runs", help="folder of runs (default: data/runs)")
-    parser.add_argument("--name", type=_run_name, default="", help="short name in the run folder's name")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
-    from heartbeat.model import WeightsError
-    from heartbeat.train import TrainError, train
+    with _training_errors():
+        settings = _train_settings(args)  # before torch loads: flags that do nothing together are refused at once
+        from heartbeat.train import train
 
-    try:
-        settings = _train_settings(args)
-        settings.validate()
-        run_dir = train(args.spectrograms, args.out, settings, runs_dir=args.runs, progress=not args.quiet)
-    except (TrainError, WeightsError, ValueError) as error:
-        raise UserError(str(error)) from None
-    except OSError as error:  # what no check could foresee (a full disk); the run folder was not written
-        raise UserError(_os_error_line(error)) from None
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(_headline(metrics, run_dir))
+        result = train(args.spectrograms, args.out, settings, runs_dir=args.runs, progress=not args.quiet)
+    print(_headline(result.metrics, result.run_dir))
     return 0
 
 
@@ -348,7 +286,7 @@ def _add_cv(commands) -> None:
             "70:30 split by recording over the seeds instead."
         ),
     )
-    _add_train_flags(parser)
+    _add_train_flags(parser, "cv")
     parser.add_argument("--out", required=True, help="CV folder to create")
     parser.add_argument("--folds", type=_fold_count, default=5, help="number of patient-grouped folds (default: %(default)s)")
     parser.add_argument("--seeds", type=_seed_list, default=None, help="comma-separated seeds, one CV per seed (default: --seed)")
@@ -358,24 +296,21 @@ def _add_cv(commands) -> None:
 
 
 def _run_cv(args) -> int:
-    from heartbeat.cv import cross_validate
-    from heartbeat.model import WeightsError
-    from heartbeat.train import TrainError
-
-    try:
+    with _training_errors():
         settings = _train_settings(args)
-        settings.validate()
+        from heartbeat.cv import cross_validate
+
         summary = cross_validate(args.spectrograms, args.out, settings, folds=args.folds, seeds=args.seeds,
                                  protocol=args.protocol, progress=not args.quiet)
-    except (TrainError, WeightsError, ValueError) as error:
-        raise UserError(str(error)) from None
-    except OSError as error:  # what no check could foresee (a full disk); the CV folder was not written
-        raise UserError(_os_error_line(error)) from None
-    error, baseline = summary["error_rate"], summary["baseline_error_rate"]
-    print(f"{args.out}: error rate {error['mean']:.3f} ± {error['std']:.3f} over {summary['n_runs']} runs "
-          f"(majority baseline {baseline['mean']:.3f}); balanced accuracy {summary['balanced_accuracy']['mean']:.3f}; "
-          f"report: {args.out}/report.md")
+    print(_cv_headline(summary, args.out))
     return 0
+
+
+def _cv_headline(summary: dict, out_dir) -> str:
+    error, baseline = summary["error_rate"], summary["baseline_error_rate"]
+    return (f"{out_dir}: error rate {error['mean']:.3f} ± {error['std']:.3f} over {summary['n_runs']} runs "
+            f"(majority baseline {baseline['mean']:.3f}); balanced accuracy {summary['balanced_accuracy']['mean']:.3f}; "
+            f"report: {out_dir}/report.md")
 
 
 def _add_synth(commands) -> None:

@@ -16,7 +16,6 @@ Protocols:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -24,11 +23,13 @@ import numpy as np
 import pandas as pd
 
 from heartbeat import split
-from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, remove_dead_leftovers
+from heartbeat.device import resolve_device
+from heartbeat.fileio import atomic_directory, atomic_write_json, atomic_write_text, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics, summarise_folds
+from heartbeat.report import plot_cv_folds
+from heartbeat.runfolder import prepare_output_folder
 from heartbeat.spectrograms import MANIFEST_NAME
-from heartbeat.train import (TrainError, TrainSettings, feature_cache_dir, prepare_output_folder, read_spectrograms, train,
-                             uses_feature_cache)
+from heartbeat.train import TrainError, TrainSettings, feature_cache_dir, read_spectrograms, train, uses_feature_cache
 
 SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
     "error_rate": lambda m: m["error_rate"],
@@ -36,6 +37,7 @@ SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
     "macro_f1": lambda m: m["macro_f1"],
     "youden": lambda m: m["heart_problem"]["youden"],
 }
+PER_RUN = "per run"  # a resolved setting that differs between runs (the seed; lr_find's rate): see the per-run table
 
 
 def fold_splits(recordings: pd.DataFrame, protocol: str, folds: int, seeds: list[int], valid_fraction: float):
@@ -60,6 +62,7 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
     """
     spectrograms_dir, out_dir = Path(spectrograms_dir), Path(out_dir)
     settings.validate()
+    resolve_device(settings.device)  # a device that is not there is refused before any fold
     if protocol not in ("patient", "published"):
         raise ValueError(f"--protocol must be one of patient, published, not {protocol!r}")
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
@@ -85,42 +88,44 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
     prepare_output_folder(out_dir.parent, out_dir)
     remove_dead_leftovers(out_dir.parent, prefix=f".{out_dir.name}.")  # what a killed cv left, once its writer is dead
     with atomic_directory(out_dir) as work_dir:
-        return _run_folds(work_dir, spectrograms_dir, recordings, settings, runs, folds, seeds, protocol, progress)
+        results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
+                               progress=progress) for seed, fold, split_table in runs]
+        return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds)
 
 
-def _run_folds(work_dir, spectrograms_dir, recordings, settings, runs, folds, seeds, protocol, progress) -> dict:
-    oof_parts, fold_rows = [], []
-    classes = None
-    for seed, fold, split_table in runs:
-        run_settings = dataclasses.replace(settings, seed=seed)
-        run_dir = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", run_settings,
-                        split_table=split_table, progress=progress)
-        config = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        classes = config["classes"]
-        predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"label": str, "predicted": str})
-        oof_parts.append(predictions.assign(fold=fold, seed=seed))
-        row = {"seed": seed, "fold": fold, "n_recordings": metrics["n_recordings"],
-               "leaked_patients": split.leaked_patients(split_table)}
-        for name, read in SUMMARY_FIGURES.items():
-            row[name] = read(metrics)
-            row[f"baseline_{name}"] = read(metrics["majority_baseline"])
-        fold_rows.append(row)
+def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings, *, seed: int, fold: int,
+                split_table: pd.DataFrame, progress: bool) -> dict:
+    """One run of the protocol in work_dir/runs/seed<seed>-fold<fold>: its out-of-fold predictions and summary row."""
+    result = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", dataclasses.replace(settings, seed=seed),
+                   split_table=split_table, progress=progress)
+    metrics = result.metrics
+    row = {"seed": seed, "fold": fold, "n_recordings": metrics["n_recordings"],
+           "leaked_patients": split.leaked_patients(split_table), "lr": result.settings["lr"]}
+    for name, read in SUMMARY_FIGURES.items():
+        row[name] = read(metrics)
+        row[f"baseline_{name}"] = read(metrics["majority_baseline"])
+    return {"oof": result.predictions.assign(fold=fold, seed=seed), "row": row, "classes": result.classes,
+            "settings": result.settings}
 
-    oof = pd.concat(oof_parts, ignore_index=True)
+
+def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict], *, protocol: str, folds: int,
+                   seeds: list[int]) -> dict:
+    """oof.csv, folds.csv, summary.json, the pooled confusion matrix, folds.png and report.md; returns the summary."""
+    classes = results[0]["classes"]
     columns = ["recording", "patient_id", "label", "fold", "seed", "predicted", "windows"]
-    oof = oof[columns + [f"prob_{name}" for name in classes]]
+    oof = pd.concat([result["oof"] for result in results], ignore_index=True)[columns + [f"prob_{name}" for name in classes]]
     atomic_write_text(work_dir / "oof.csv", oof.to_csv(index=False))
-    per_fold = pd.DataFrame(fold_rows)
+    per_fold = pd.DataFrame([result["row"] for result in results])
     atomic_write_text(work_dir / "folds.csv", per_fold.to_csv(index=False))
 
     summary = summarise(per_fold)
     majority = recordings["label"].value_counts().idxmax()
     pooled = classification_metrics(oof["label"].tolist(), oof["predicted"].tolist(), classes, majority_class=majority)
+    settings = common_settings([result["settings"] for result in results])
     summary.update({
         "protocol": protocol, "folds": folds if protocol == "patient" else 1, "seeds": seeds,
         "n_runs": len(per_fold), "n_recordings": int(len(recordings)), "n_oof_predictions": int(len(oof)),
-        "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": dataclasses.asdict(settings),
+        "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": settings,
         "pooled_oof": pooled,
     })
     atomic_write_json(work_dir / "summary.json", summary)
@@ -130,9 +135,14 @@ def _run_folds(work_dir, spectrograms_dir, recordings, settings, runs, folds, se
 
     plot_confusion_matrix(matrix, classes, f"All out-of-fold predictions ({len(oof)}), {_protocol_name(protocol)}",
                           work_dir / "confusion_matrix.png")
-    _plot_folds(per_fold, work_dir / "folds.png")
+    plot_cv_folds(per_fold, work_dir / "folds.png")
     atomic_write_text(work_dir / "report.md", _markdown(summary, per_fold, protocol, settings))
     return summary
+
+
+def common_settings(runs: list[dict]) -> dict:
+    """The settings that ran, over all runs: a value where every run had the same, else "per run" (seed, lr)."""
+    return {key: value if all(run.get(key) == value for run in runs) else PER_RUN for key, value in runs[0].items()}
 
 
 def summarise(per_fold: pd.DataFrame) -> dict:
@@ -150,25 +160,7 @@ def _protocol_name(protocol: str) -> str:
     return "patient-grouped k-fold" if protocol == "patient" else "published protocol (random 70:30 by recording)"
 
 
-def _plot_folds(per_fold: pd.DataFrame, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(9, 3.5))
-    labels = [f"s{seed}/f{fold}" for seed, fold in zip(per_fold["seed"], per_fold["fold"])]
-    positions = np.arange(len(per_fold))
-    for axes, name, title in zip(figure.subplots(1, 2), ["error_rate", "balanced_accuracy"], ["Error rate", "Balanced accuracy"]):
-        axes.bar(positions, per_fold[name].astype(float), color="tab:blue", label="model")
-        axes.plot(positions, per_fold[f"baseline_{name}"].astype(float), "o--", color="tab:red", label="majority baseline")
-        axes.set_xticks(positions, labels, rotation=45, fontsize=8)
-        axes.set_ylim(0, 1)
-        axes.set_title(title)
-        axes.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100)
-
-
-def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: TrainSettings) -> str:
+def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: dict) -> str:
     def interval(entry):
         if entry is None:
             return "n/a"
@@ -192,13 +184,13 @@ def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: Tr
                         ("youden", "heart-problem Youden index")]:
         lines.append(f"| {title} | {interval(summary[name])} | {interval(summary['baseline_' + name])} |")
     lines += ["", "## Per run", "", "| seed | fold | recordings | error rate | balanced accuracy | macro-F1 | Youden | "
-              "baseline error rate | leaked patients |", "|---|---|---|---|---|---|---|---|---|"]
+              "baseline error rate | leaked patients | learning rate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in per_fold.itertuples():
         youden = "n/a" if row.youden is None or pd.isna(row.youden) else f"{row.youden:.3f}"
         lines.append(f"| {row.seed} | {row.fold} | {row.n_recordings} | {row.error_rate:.3f} | {row.balanced_accuracy:.3f} | "
-                     f"{row.macro_f1:.3f} | {youden} | {row.baseline_error_rate:.3f} | {row.leaked_patients} |")
+                     f"{row.macro_f1:.3f} | {youden} | {row.baseline_error_rate:.3f} | {row.leaked_patients} | {row.lr:.3g} |")
     lines += ["", "![per-run figures](folds.png)", "", "## All out-of-fold predictions", "",
               "![confusion matrix](confusion_matrix.png)", "",
-              f"Settings: {', '.join(f'{key}={value}' for key, value in dataclasses.asdict(settings).items())}.",
+              f"Settings that ran: {', '.join(f'{key}={value}' for key, value in settings.items())}.",
               "Each run's folder (runs/) holds its own report, split and model.", ""]
     return "\n".join(lines)

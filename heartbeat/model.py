@@ -3,13 +3,19 @@
 Pretrained weights come from a file the user names, or from torchvision's hub cache (TORCH_HOME),
 where they are downloaded as torchvision does (hash checked) unless --offline or HEARTBEAT_OFFLINE=1
 forbids it; heartbeat.weights does that, and reads every weights file without unpickling objects.
-When they cannot be had, WeightsError says which file is expected and how to get it. A trained
-model is saved as safetensors (plain tensors, nothing to unpickle) plus JSON, and exported to ONNX
-for the torch-free predict command.
+When they cannot be had, WeightsError says which file is expected and how to get it.
+
+A run keeps one full copy of its network, the ONNX export that the torch-free predict command
+runs. Torch weights (safetensors: plain tensors, nothing to unpickle) are stored only where the
+run changed them: the whole network when the body was trained (scratch, finetune, unfreeze), and
+in features mode the head alone (about 0.5 M parameters) plus the digest of the pretrained body's
+weights, which load_model checks when it rebuilds the network from them. The ONNX graph cannot
+give the body back exactly (the export folds BatchNorm into the convolutions).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,9 +28,17 @@ from heartbeat.weights import WeightsError, imagenet_weights_path, load_pretrain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, what the body was trained on
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHTS_FILE = "model.safetensors"
+# The same statistics as tensors shaped for (n, 3, h, w) batches; imagenet_normalise moves them to the input's device.
+_IMAGENET_STATS = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+WEIGHTS_FILE = "model.safetensors"  # the whole network, where the body was trained
+HEAD_FILE = "head.safetensors"  # features mode: the head alone; the body is the pretrained one (digest in model.json)
 ONNX_FILE = "model.onnx"  # the network for predict; its weights are beside it in model.onnx.data
 MODEL_FILE = "model.json"  # what is needed to rebuild and use the model
+CONFIG_FILE = "config.json"  # the run's settings: where its pretrained body came from (train_settings.weights)
+
+
+class ModelError(RuntimeError):
+    """A saved model that cannot be rebuilt; the one-line message names the file and the problem."""
 
 
 def resnet34_arch(state: dict | None):
@@ -65,34 +79,117 @@ class Classifier(nn.Module):
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, grey):  # (n, 1, size, size)
-        rgb = grey.expand(-1, 3, -1, -1)
-        return torch.softmax(self.network((rgb - self.mean) / self.std), dim=1)
+        return torch.softmax(self.network(imagenet_normalise(grey.expand(-1, 3, -1, -1))), dim=1)
 
 
-def save_model(run_dir: Path, network: nn.Module, model_info: dict) -> None:
-    """Weights as safetensors, the rest as JSON: loading needs no unpickling."""
+def imagenet_normalise(rgb: torch.Tensor) -> torch.Tensor:
+    """(n, 3, h, w) images in [0, 1] -> normalised with ImageNet's statistics, on the input's device and dtype.
+
+    The one definition: the exported Classifier and training's features pass both use it, as
+    fastai's Normalize does for the image batches.
+    """
+    mean, std = (stat.to(device=rgb.device, dtype=rgb.dtype) for stat in _IMAGENET_STATS)
+    return (rgb - mean) / std
+
+
+def state_digest(state: dict | None) -> str:
+    """A short digest of a state dict's keys and values ("random" for none): which pretrained weights a run used."""
+    if state is None:
+        return "random"
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_model(run_dir: Path, network: nn.Module, model_info: dict, *, body_trained: bool,
+               body_state_digest: str | None) -> None:
+    """Torch weights where the run changed them, and model.json; loading needs no unpickling.
+
+    body_trained: the whole network as safetensors (model.safetensors). Otherwise (features
+    mode: the body is the pretrained one, untouched) the head alone (head.safetensors), and
+    model.json records body_state_digest (state_digest of the pretrained state) so that
+    load_model can check the body it is given.
+    """
     from safetensors.torch import save_file
 
     from heartbeat.fileio import atomic_path, atomic_write_json
 
-    state = {key: value.detach().contiguous() for key, value in network.state_dict().items()}
-    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+    if not body_trained and not body_state_digest:
+        raise ValueError("a model whose body was not trained needs the pretrained state's digest to be rebuilt")
+    weights_file, part = (WEIGHTS_FILE, network) if body_trained else (HEAD_FILE, network[1])
+    state = {key: value.detach().cpu().contiguous() for key, value in part.state_dict().items()}
+    with atomic_path(run_dir / weights_file) as tmp:
         save_file(state, str(tmp))
-    atomic_write_json(run_dir / MODEL_FILE, model_info)
+    atomic_write_json(run_dir / MODEL_FILE, {**model_info, "weights_file": weights_file, "body_trained": body_trained,
+                                             "body_state_digest": None if body_trained else body_state_digest})
 
 
-def load_model(run_dir: Path) -> tuple[nn.Module, dict]:
-    """Rebuild a saved network in eval mode; returns it and its model.json."""
+def load_model(run_dir: Path, *, pretrained_state: dict | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a saved network in eval mode; returns it and its model.json.
+
+    A run that trained its body has the whole network saved. A features-mode run has its head
+    saved, and the body is rebuilt from the pretrained state: `pretrained_state` if given, else
+    the weights the run was trained with (config.json's --weights file, or the torch hub cache
+    through heartbeat.weights). Its digest must be the one model.json records. ModelError
+    (one line, naming the file) when anything is missing or does not match.
+    """
+    run_dir = Path(run_dir)
+    info = _read_model_info(run_dir / MODEL_FILE)
+    if info.get("body_trained", True):  # runs saved before the lean folder held the whole network
+        network = build_model(len(info["classes"]))
+        _load_weights(network, run_dir / WEIGHTS_FILE)
+        return network.eval(), info
+    if pretrained_state is None:
+        pretrained_state = _run_pretrained_state(run_dir)
+    digest = state_digest(pretrained_state)
+    if digest != info.get("body_state_digest"):
+        raise ModelError(f"{run_dir / MODEL_FILE}: the pretrained body given (weights digest {digest}) is not the one "
+                         f"this run was trained on (digest {info.get('body_state_digest')}); give the same weights file")
+    from fastai.vision.learner import create_vision_model
+
+    network = create_vision_model(resnet34_arch(pretrained_state), len(info["classes"]), pretrained=False)
+    _load_weights(network[1], run_dir / HEAD_FILE)
+    return network.eval(), info
+
+
+def _read_model_info(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8 or not JSON
+        raise ModelError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("classes"), list) or len(info["classes"]) < 2:
+        raise ModelError(f"{path}: not a model description (no list of classes)")
+    return info
+
+
+def _run_pretrained_state(run_dir: Path) -> dict:
+    """The pretrained state a features-mode run was trained on: config.json's --weights file, or the hub cache."""
+    config_path = run_dir / CONFIG_FILE
+    try:
+        settings = json.loads(config_path.read_text(encoding="utf-8")).get("train_settings") or {}
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelError(f"{config_path}: cannot be read to find the run's pretrained weights ({error})") from None
+    try:
+        return load_pretrained_state(settings.get("weights"), offline=bool(settings.get("offline")))[0]
+    except WeightsError as error:
+        raise ModelError(f"{run_dir / HEAD_FILE}: the run's pretrained body is needed and unavailable: {error}") from None
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    """safetensors weights into `module`, strictly (every key, every shape); ModelError naming the file if not."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    info = json.loads((Path(run_dir) / MODEL_FILE).read_text())
-    network = build_model(len(info["classes"]))
-    network.load_state_dict(load_file(str(Path(run_dir) / WEIGHTS_FILE)))
-    return network.eval(), info
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: not found (not a complete run folder)") from None
+    except (OSError, SafetensorError, RuntimeError) as error:  # RuntimeError: keys or shapes that do not fit
+        raise ModelError(f"{path}: not this model's weights ({str(error).strip().splitlines()[0]:.200})") from None
 
 
 def export_onnx(network: nn.Module, image_size: int, path: Path) -> None:

@@ -1,5 +1,11 @@
 """The run report: metrics.json, confusion matrix (PNG and JSON), training curves, report.md.
 
+Every plot of a run is drawn here, with matplotlib's Figure API on the Agg canvas (no pyplot
+and no matplotlib.use: importing this module changes no global state): the confusion matrix,
+the training curves, the learning-rate finder (from lr_find.csv), and two pictures of
+validation spectrograms like fastai's show_results and plot_top_losses (results.png,
+top_losses.png), made from predictions.csv and the window images in the spectrograms folder.
+
 Every figure is shown beside the majority-class baseline, because on Dataset B always
 answering "normal" is already right about 70% of the time. Every file is written atomically
 and the whole report can be rewritten over an existing run folder (`heartbeat report RUN`).
@@ -31,14 +37,19 @@ from matplotlib.ticker import MaxNLocator
 
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics
+from heartbeat.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_JSON = "confusion_matrix.json"
 TRAINING_CURVES_PNG = "training_curves.png"
 LR_FIND_PNG = "lr_find.png"
+LR_FIND_CSV = "lr_find.csv"  # written by training: the finder's learning rates and losses (columns lr, loss)
+RESULTS_PNG = "results.png"
+TOP_LOSSES_PNG = "top_losses.png"
 REPORT_FILE = "report.md"
-REPORT_OUTPUTS = (METRICS_FILE, CONFUSION_PNG, CONFUSION_JSON, TRAINING_CURVES_PNG, REPORT_FILE)
+REPORT_OUTPUTS = (METRICS_FILE, CONFUSION_PNG, CONFUSION_JSON, TRAINING_CURVES_PNG, LR_FIND_PNG, RESULTS_PNG,
+                  TOP_LOSSES_PNG, REPORT_FILE)
 CONFIG_FILE = "config.json"  # written by training: classes and majority class
 PREDICTIONS_FILE = "predictions.csv"
 EPOCH_LOG_FILE = "epochs.csv"
@@ -47,6 +58,11 @@ MAX_RUN_FILE_BYTES = 16 * 2**20
 
 PREDICTION_COLUMNS = ("recording", "label", "predicted")
 EPOCH_LOG_COLUMNS = ("epoch", "train_loss", "valid_loss", "error_rate")
+LR_FIND_COLUMNS = ("lr", "loss")
+LR_FIND_SKIP_END = 5  # as fastai's plot_lr_find: the last losses, where training diverges, would squash the curve
+GRID_TILES = 9  # pictures per grid (3 x 3), as a fastai show_results batch
+# Stage 1's windows are 512 px; an image far larger is not one of its own, and is not decoded.
+MAX_WINDOW_SIDE = 4096
 REQUIRED_CONTEXT = ("title", "split", "weights")
 NORMAL_CLASS = "normal"  # every other class is a heart problem
 
@@ -139,6 +155,205 @@ def training_curves_figure(epoch_log: pd.DataFrame) -> Figure:
     return figure
 
 
+def plot_cv_folds(per_fold: pd.DataFrame, path) -> None:
+    """The CV report's bars: error rate and balanced accuracy per run (seed/fold) beside the majority baseline's."""
+    _save_png(cv_folds_figure(per_fold), path)
+
+
+def cv_folds_figure(per_fold: pd.DataFrame) -> Figure:
+    """The figure plot_cv_folds saves; per_fold has seed, fold, error_rate, balanced_accuracy and baseline_<both>."""
+    figure = Figure(figsize=(9, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    labels = [f"s{seed}/f{fold}" for seed, fold in zip(per_fold["seed"], per_fold["fold"])]
+    positions = np.arange(len(per_fold))
+    for axes, name, title in zip(figure.subplots(1, 2), ["error_rate", "balanced_accuracy"],
+                                 ["Error rate", "Balanced accuracy"]):
+        axes.bar(positions, per_fold[name].astype(float), color="tab:blue", label="model")
+        axes.plot(positions, per_fold[f"baseline_{name}"].astype(float), "o--", color="tab:red", label="majority baseline")
+        axes.set_xticks(positions, labels, rotation=45, fontsize=8)
+        axes.set_ylim(0, 1)
+        axes.set_title(title)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_lr_find(lrs, losses, suggestion, path) -> None:
+    """The learning-rate finder's curve: loss against learning rate (log scale), the suggestion as a dashed line."""
+    _save_png(lr_find_figure(lrs, losses, suggestion), path)
+
+
+def lr_find_figure(lrs, losses, suggestion) -> Figure:
+    """The figure plot_lr_find saves; as fastai's plot_lr_find, without the last LR_FIND_SKIP_END points."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if lrs.shape != losses.shape:
+        raise ValueError(f"{lrs.size} learning rates but {losses.size} losses")
+    keep = lrs.size - LR_FIND_SKIP_END if lrs.size > LR_FIND_SKIP_END + 1 else lrs.size
+    lrs, losses = lrs[:keep], losses[:keep]
+    known = np.isfinite(lrs) & (lrs > 0) & np.isfinite(losses)  # a log axis has no place for 0 or NaN
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if known.any():
+        axes.plot(lrs[known], losses[known])
+        axes.set_xscale("log")
+    else:
+        axes.text(0.5, 0.5, "no finite losses recorded", ha="center", va="center", transform=axes.transAxes)
+    if suggestion is not None and math.isfinite(suggestion) and suggestion > 0:
+        axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"valley {suggestion:.2e}")
+        axes.legend()
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("loss")
+    axes.set_title("Learning-rate finder")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def probability_table(predictions: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
+    """(n_recordings, n_classes) probabilities from the prob_<class> columns; None if any is absent or not finite."""
+    columns = [f"prob_{name}" for name in classes]
+    if any(column not in predictions.columns for column in columns):
+        return None
+    values = predictions[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return values if np.isfinite(values).all() else None
+
+
+def results_choice(predictions: pd.DataFrame, classes: Sequence[str], limit: int = GRID_TILES) -> list[int]:
+    """Row positions for the results grid: recordings taken in turn from each true class present (in class
+    order, each class's by recording name), so every class shows, until `limit` are chosen."""
+    queues = [sorted(np.flatnonzero(predictions["label"].to_numpy() == name),
+                     key=lambda row: str(predictions["recording"].iloc[row]))
+              for name in classes]
+    chosen: list[int] = []
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(int(queue.pop(0)))
+    return chosen
+
+
+def top_losses(predictions: pd.DataFrame, probabilities: np.ndarray, classes: Sequence[str],
+               limit: int = GRID_TILES) -> list[int]:
+    """Row positions of the wrong predictions, the highest probability on a wrong class (the predicted one)
+    first; ties by the higher loss (the lower probability on the true class), then by recording name; at most
+    `limit`."""
+    classes = list(classes)
+    rows = np.arange(len(predictions))
+    confidence = probabilities[rows, [classes.index(name) for name in predictions["predicted"]]]
+    true_probability = probabilities[rows, [classes.index(name) for name in predictions["label"]]]
+    wrong = np.flatnonzero(predictions["label"].to_numpy() != predictions["predicted"].to_numpy())
+    order = sorted(wrong, key=lambda row: (-confidence[row], true_probability[row], str(predictions["recording"].iloc[row])))
+    return [int(row) for row in order[:limit]]
+
+
+def prediction_pictures(predictions: pd.DataFrame, classes: Sequence[str], spectrograms) -> tuple[dict, str | None]:
+    """({results.png, top_losses.png: PNG bytes}, None), or ({}, a one-line note saying why they are not drawn).
+
+    Each tile is the first window of a validation recording, read from the spectrograms folder
+    through its manifest; only stage 1's own images (images/<name>.png, regular files, no links)
+    are read. A missing folder or manifest is a note in the report, never an error.
+    """
+    classes = list(classes)
+    not_drawn = f"{RESULTS_PNG} and {TOP_LOSSES_PNG} were not drawn"
+    probabilities = probability_table(predictions, classes)
+    if probabilities is None:
+        return {}, f"The predictions have no finite prob_<class> columns: {not_drawn}."
+    if spectrograms is None:
+        return {}, f"No spectrograms folder is recorded for this run: {not_drawn}."
+    folder = Path(spectrograms)
+    if not folder.is_dir():
+        return {}, f"The spectrograms folder {folder} is gone: {not_drawn}."
+    try:
+        first_windows = _first_windows(read_manifest(folder / MANIFEST_NAME))
+    except ManifestError as error:
+        return {}, f"{folder / MANIFEST_NAME} {error}: {not_drawn}."
+
+    def tiles(rows: list[int]) -> list[tuple]:
+        result = []
+        for row in rows:
+            record = predictions.iloc[row]
+            image = first_windows.get(str(record["recording"]))
+            pixels = _read_window_image(folder, image) if image else None
+            p_true = probabilities[row, classes.index(record["label"])]
+            p_predicted = probabilities[row, classes.index(record["predicted"])]
+            title = f"true: {record['label']}\npredicted: {record['predicted']} ({p_predicted:.2f})"
+            result.append((pixels, title, record["label"] == record["predicted"], -math.log(max(p_true, 1e-12))))
+        return result
+
+    results = prediction_grid_figure(tiles(results_choice(predictions, classes)), "Results on validation recordings",
+                                     empty_text="no validation recordings")
+    wrong = tiles(top_losses(predictions, probabilities, classes))
+    losses = prediction_grid_figure([(pixels, f"{title}\nloss {loss:.2f}", right, loss)
+                                     for pixels, title, right, loss in wrong],
+                                    "Most confidently wrong recordings", empty_text="no wrong predictions")
+    return {RESULTS_PNG: _png_bytes(results), TOP_LOSSES_PNG: _png_bytes(losses)}, None
+
+
+def prediction_grid_figure(tiles: list[tuple], title: str, *, empty_text: str) -> Figure:
+    """A grid of window images, each (pixels or None, title, right?, loss): titled green when right, red when wrong."""
+    columns = max(1, min(3, len(tiles)))
+    rows = max(1, math.ceil(len(tiles) / columns))
+    title_lines = max((tile[1].count("\n") + 1 for tile in tiles), default=1)
+    # a 2.5-inch image per tile plus room for its title's lines, so a title never runs into the row above
+    figure = Figure(figsize=(2.6 * columns, (2.5 + 0.2 * title_lines) * rows + 0.5), dpi=100)
+    FigureCanvasAgg(figure)
+    figure.suptitle(title)
+    if not tiles:
+        axes = figure.add_subplot()
+        axes.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=12, transform=axes.transAxes)
+        axes.set_axis_off()
+        return figure
+    for index, (pixels, tile_title, right, _loss) in enumerate(tiles):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        if pixels is None:
+            axes.text(0.5, 0.5, "image not available", ha="center", va="center", transform=axes.transAxes)
+        else:
+            axes.imshow(pixels, cmap="gray", vmin=0, vmax=255)  # as stored: low frequencies at the bottom
+        axes.set_title(tile_title, fontsize=9, color="tab:green" if right else "tab:red")
+        axes.set_axis_off()
+    figure.tight_layout()
+    return figure
+
+
+def _first_windows(manifest_rows: list[dict]) -> dict[str, str]:
+    """recording -> the image of its first window, among the manifest's own images only."""
+    first: dict[str, tuple[int, str]] = {}
+    for row in manifest_rows:
+        if not is_own_image(row["image"]) or not row["window"].isdigit():
+            continue
+        window = int(row["window"])
+        if row["recording"] not in first or window < first[row["recording"]][0]:
+            first[row["recording"]] = (window, row["image"])
+    return {recording: image for recording, (_, image) in first.items()}
+
+
+def _read_window_image(folder: Path, image: str) -> np.ndarray | None:
+    """A window's pixels (uint8, as stored), or None if it is not a regular file inside folder/images/
+    (no links followed), is too large, or cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    images_dir = folder / Path(image).parent
+    if images_dir.is_symlink() or not images_dir.is_dir():
+        return None
+    try:
+        # O_NOFOLLOW: a link is never followed out; O_NONBLOCK: a FIFO does not wait for a writer.
+        fd = os.open(folder / image, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            with Image.open(handle) as png:  # reads the header only: the size is checked before decoding
+                if max(png.size) > MAX_WINDOW_SIDE:
+                    return None
+                return np.asarray(png.convert("L"))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def write_report(
     run_dir,
     predictions: pd.DataFrame,
@@ -147,9 +362,14 @@ def write_report(
     majority_class: str,
     context: dict,
     epoch_log: pd.DataFrame | None = None,
+    lr_find: pd.DataFrame | None = None,
+    spectrograms=None,
 ) -> dict:
-    """Write metrics.json, confusion_matrix.png/.json, training_curves.png (if epoch_log has rows)
-    and report.md into run_dir, overwriting earlier ones; return the metrics (with "context").
+    """Write metrics.json, confusion_matrix.png/.json, training_curves.png (if epoch_log has rows),
+    lr_find.png (if lr_find, columns lr and loss, has rows), results.png and top_losses.png (from
+    the predictions' prob_<class> columns and the window images of the `spectrograms` folder,
+    if it is there) and report.md into run_dir, overwriting earlier ones; return the metrics
+    (with "context").
 
     Everything is made in memory before the first file is written; a ValueError (bad
     predictions, context or epoch log) therefore leaves run_dir as it was.
@@ -176,14 +396,20 @@ def write_report(
     }
     if epoch_log is not None and not epoch_log.empty:
         files[TRAINING_CURVES_PNG] = _png_bytes(training_curves_figure(epoch_log))
+    if lr_find is not None and not lr_find.empty:
+        files[LR_FIND_PNG] = _png_bytes(lr_find_figure(lr_find["lr"], lr_find["loss"], context.get("lr_suggestion")))
+    pictures, pictures_note = prediction_pictures(predictions, classes, spectrograms)
+    files.update(pictures)
 
     n_valid_patients = metrics["context"].get("n_valid_patients")
     if n_valid_patients is None and "patient_id" in predictions.columns:
         n_valid_patients = int(predictions["patient_id"].nunique())
     # Images written by training (curves, lr_find) stay in the folder when the report is
     # rewritten later without the epoch log, so link whatever is there.
-    images = {name: name in files or (run_dir / name).exists() for name in (TRAINING_CURVES_PNG, LR_FIND_PNG)}
-    markdown = _render_markdown(metrics, metrics["context"], n_valid_patients=n_valid_patients, images=images)
+    images = {name: name in files or (run_dir / name).exists()
+              for name in (TRAINING_CURVES_PNG, LR_FIND_PNG, RESULTS_PNG, TOP_LOSSES_PNG)}
+    markdown = _render_markdown(metrics, metrics["context"], n_valid_patients=n_valid_patients, images=images,
+                                pictures_note=pictures_note)
     files[REPORT_FILE] = markdown.encode("utf-8")
     _write_all(run_dir, files)
     return metrics
@@ -193,20 +419,22 @@ def rewrite_report(run_dir) -> dict:
     """`heartbeat report RUN`: recompute a finished run's report from the files it saved.
 
     Reads predictions.csv (one row per validation recording), config.json (classes, majority
-    class), the context stored in metrics.json and epochs.csv if there is one; needs no model
-    and no torch. Every file is read and checked before anything is written: a folder that is
+    class, spectrograms folder), the context stored in metrics.json, epochs.csv and lr_find.csv
+    if there are, and the window images for results.png and top_losses.png if the spectrograms
+    folder is still there (the report says so when it is not); needs no model and no torch. Every file is read and checked before anything is written: a folder that is
     not a complete run raises RunFolderError (naming the file) and is left unchanged.
     """
     folder = _run_folder(run_dir)
-    classes, majority_class = _read_config(folder)
+    classes, majority_class, spectrograms = _read_config(folder)
     context = _read_context(folder)
     predictions = _read_predictions(folder, classes)
     epoch_log = _read_epoch_log(folder)
+    lr_find = _read_lr_find(folder)
     _check_outputs(folder)
     for name in REPORT_OUTPUTS:  # what an earlier `heartbeat report` killed while staging left behind
         remove_dead_leftovers(folder, prefix=f".{Path(name).stem}.")
     return write_report(folder, predictions, classes, majority_class=majority_class, context=context,
-                        epoch_log=epoch_log)
+                        epoch_log=epoch_log, lr_find=lr_find, spectrograms=spectrograms)
 
 
 # ---------------------------------------------------------------- reading a run folder back
@@ -272,8 +500,8 @@ def _read_json_object(folder: Path, name: str) -> dict:
     return value
 
 
-def _read_config(folder: Path) -> tuple[list[str], str]:
-    """(classes, majority class) from config.json."""
+def _read_config(folder: Path) -> tuple[list[str], str, str | None]:
+    """(classes, majority class, spectrograms folder or None) from config.json."""
     config = _read_json_object(folder, CONFIG_FILE)
     path = folder / CONFIG_FILE
     classes, majority_class = config.get("classes"), config.get("majority_class")
@@ -284,7 +512,8 @@ def _read_config(folder: Path) -> tuple[list[str], str]:
         raise RunFolderError(f"{path}: 'classes' {classes} lack {NORMAL_CLASS!r}, which the heart-problem figures need")
     if majority_class not in classes:
         raise RunFolderError(f"{path}: 'majority_class' {majority_class!r:.100} is not one of the classes {classes}")
-    return classes, majority_class
+    spectrograms = config.get("spectrograms")
+    return classes, majority_class, spectrograms if isinstance(spectrograms, str) and spectrograms else None
 
 
 def _read_context(folder: Path) -> dict:
@@ -329,23 +558,33 @@ def _read_predictions(folder: Path, classes: list[str]) -> pd.DataFrame:
 
 
 def _read_epoch_log(folder: Path) -> pd.DataFrame | None:
-    """epochs.csv if the run has one (numeric columns), else None."""
-    if not os.path.lexists(folder / EPOCH_LOG_FILE):
+    """epochs.csv if the run has one (numeric columns, whole epoch numbers), else None."""
+    log = _read_numeric_table(folder, EPOCH_LOG_FILE, EPOCH_LOG_COLUMNS)
+    if log is not None and not (np.isfinite(log["epoch"]) & (log["epoch"] == np.round(log["epoch"]))).all():
+        raise RunFolderError(f"{folder / EPOCH_LOG_FILE}: column 'epoch' must hold whole numbers")
+    return log
+
+
+def _read_lr_find(folder: Path) -> pd.DataFrame | None:
+    """lr_find.csv if the run has one (numeric lr and loss columns), else None."""
+    return _read_numeric_table(folder, LR_FIND_CSV, LR_FIND_COLUMNS)
+
+
+def _read_numeric_table(folder: Path, name: str, columns: Sequence[str]) -> pd.DataFrame | None:
+    """folder/name if the run has it, with `columns` as floats (RunFolderError if any is absent or not numeric)."""
+    if not os.path.lexists(folder / name):
         return None
-    path = folder / EPOCH_LOG_FILE
-    log = _read_table(folder, EPOCH_LOG_FILE)
-    missing = [column for column in EPOCH_LOG_COLUMNS if column not in log.columns]
+    path = folder / name
+    table = _read_table(folder, name)
+    missing = [column for column in columns if column not in table.columns]
     if missing:
-        raise RunFolderError(f"{path}: lacks columns {missing}; it has {list(log.columns)[:10]}")
-    for column in EPOCH_LOG_COLUMNS:
+        raise RunFolderError(f"{path}: lacks columns {missing}; it has {list(table.columns)[:10]}")
+    for column in columns:
         try:
-            values = pd.to_numeric(log[column], errors="raise").astype(float)
+            table[column] = pd.to_numeric(table[column], errors="raise").astype(float)
         except (ValueError, TypeError):
             raise RunFolderError(f"{path}: column {column!r} holds values that are not numbers") from None
-        if column == "epoch" and not (np.isfinite(values) & (values == np.round(values))).all():
-            raise RunFolderError(f"{path}: column 'epoch' must hold whole numbers")
-        log[column] = values
-    return log
+    return table
 
 
 def _check_outputs(folder: Path) -> None:
@@ -365,7 +604,8 @@ def _reason(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
-def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, images: dict | None = None) -> str:
+def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, images: dict | None = None,
+                     pictures_note: str | None = None) -> str:
     """report.md text from the metrics dict and the run context."""
     images = images or {}
     baseline = metrics["majority_baseline"]
@@ -399,6 +639,19 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
         ["true \\ predicted", *confusion["classes"]],
         [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
     ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]
+
+    lines += ["## Results on validation recordings", ""]
+    if images.get(RESULTS_PNG):
+        lines += [f"![results on validation recordings]({RESULTS_PNG})", "",
+                  "One window per recording, several of each true class: its true class, the predicted class and "
+                  "the predicted class's probability (the recording's windows combined); green when right, red when "
+                  "wrong. Low frequencies at the bottom.", ""]
+    if images.get(TOP_LOSSES_PNG):
+        lines += [f"![most confidently wrong recordings]({TOP_LOSSES_PNG})", "",
+                  "The most confidently wrong recordings, the highest probability on a wrong class first, with the "
+                  "loss (−log of the true class's probability).", ""]
+    if pictures_note:
+        lines += [pictures_note, ""]
 
     if images.get(TRAINING_CURVES_PNG):
         lines += ["## Training curves", "", f"![training curves]({TRAINING_CURVES_PNG})", ""]

@@ -1,10 +1,14 @@
 """Stage 2: fine-tune an ImageNet ResNet-34 on the spectrograms, then report.
 
-Reads top to bottom like the study: the settings, the data (stage 1's manifest), the split,
-the network with its frozen body, the learning-rate finder, one-cycle training, the
-validation predictions per recording, the report, and the saved model.
+`train` reads as the study does: split -> fit -> write the run.
+- split: stage 1's manifest (checked before any training), recordings to the training or the
+  validation side, all windows of a recording on the same side;
+- fit: the network with its frozen body, the learning-rate finder, one-cycle training, an
+  optional unfrozen second stage, the validation windows' probabilities;
+- write the run: predictions per recording, the network (torch weights and ONNX), config.json
+  with the settings that ran, the report. heartbeat.runfolder owns the folder's layout.
 
-Two training modes, the same network and the same fastai calls:
+Three training modes, the same network and the same fastai calls:
 - "features" (default): the frozen body, BatchNorm statistics included, never changes and
   the images are not augmented, so its output for each image is a constant. We compute it
   once (cached beside the spectrograms) and train the head on it with fastai's lr_find and
@@ -12,23 +16,22 @@ Two training modes, the same network and the same fastai calls:
 - "finetune": fastai's standard frozen-body fine-tuning, as published: the body's
   convolutions are frozen but its BatchNorm layers keep training (fastai's train_bn), so
   every batch runs the whole network forwards and backwards.
---no-pretrained trains from scratch: a frozen random body is meaningless, so the whole
-network is trained (on images, as in "finetune" mode but unfrozen).
+- "scratch" (--no-pretrained): a frozen random body is meaningless, so the whole network is
+  trained (on images, as in "finetune" mode but unfrozen).
+Everything runs on --device (heartbeat.device); the ONNX export runs on a CPU copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import platform
 import re
-import secrets
 import shutil
 import stat
-import subprocess
 import sys
 import time
 import warnings
@@ -39,74 +42,159 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heartbeat import audio, config, metrics, model, split
+from heartbeat import audio, metrics, model, report, runfolder, split
+from heartbeat import device as devices
 from heartbeat.dataset import CLASSES
 from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, remove_dead_leftovers
+from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
 from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-# Limits of the numeric settings (cli.py's argparse types check the same ones when arguments are parsed).
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which fastai's set_seed calls, takes 0 .. 2**32-1
-MAX_IMAGE_SIZE = 2048  # 4x the published 512 px; one batch of ResNet-34 activations beyond it outgrows a workstation
 # The manifest columns training reads: the split and report (recording, patient_id, label), the images,
 # and what identifies an image's content for the feature cache.
 MANIFEST_COLUMNS_USED = ("image", "recording", "label", "patient_id", "settings_hash", "source_size", "source_mtime_ns")
 # Stage 1 names every image images/<plain name>.png; any other path (../, absolute, a subfolder) is not its own.
 IMAGE_PATH = re.compile(r"images/[^/\\\x00]+\.png")
 FEATURES_DIR = "features"  # the frozen body's cached outputs, inside the spectrograms folder
-LATEST = "latest"  # the symbolic link in the runs folder to the newest run
-# A `latest` temporary link lives for microseconds (symlink, then rename); one older than this was left by a killed run.
-STALE_LINK_SECONDS = 60
+FEATURES_BATCH = 8  # images per body pass in features mode: memory stays small at 512 px, and results stay today's
+TRAINING_MODES = {  # the resolved mode -> what config.json and the report say of it
+    "features": "features: frozen body (BatchNorm statistics included) run once, head trained on its outputs",
+    "finetune": "finetune: frozen body with trainable BatchNorm (fastai default), head trained on images",
+    "scratch": "scratch: whole network trained on images from random weights (no pretrained body to freeze)",
+}
+
+
+# ---------------------------------------------------------------- what a run is made of
+
+@dataclass
+class Plan:
+    """How the run trains, resolved once from its settings: the mode, the device, the body pass's autocast dtype."""
+    settings: TrainSettings
+    mode: str  # "features", "finetune" or "scratch"
+    device: torch.device
+    autocast: torch.dtype | None  # features mode's body pass; None: fp32
+
+    @classmethod
+    def resolve(cls, settings: TrainSettings) -> Plan:
+        device = devices.resolve_device(settings.device)
+        mode = settings.training_mode()
+        autocast = devices.autocast_dtype(device, settings.precision) if mode == "features" else None
+        return cls(settings, mode, device, autocast)
+
+    def settings_that_ran(self, *, lr: float, lr_suggestion: float) -> dict:
+        return resolved(self.settings, device=str(self.device), device_name=devices.device_name(self.device),
+                        precision=devices.precision_name(self.autocast), lr=lr, lr_suggestion=lr_suggestion)
 
 
 @dataclass
-class TrainSettings:
-    split: str = "patient"  # "patient": no patient on both sides (honest); "random": the published protocol
-    valid_fraction: float = 0.3  # 70:30 as published
-    seed: int = 42  # split, weight initialisation of the head, batch order
-    epochs: int = 5  # published: fit_one_cycle(5)
-    batch_size: int = 4  # published
-    image_size: int = 512  # published: the 512 px spectrograms at full size
-    pretrained: bool = True  # ImageNet body (frozen); False: train the whole network from scratch
-    weights: str | None = None  # torchvision-format ResNet-34 state dict; None: the torch hub cache
-    offline: bool = False  # never download the ImageNet weights into the hub cache (also HEARTBEAT_OFFLINE=1)
-    mode: str = "features"  # "features" (body outputs computed once) or "finetune" (published: BN keeps training)
-    lr: float | None = None  # None: lr_find's "valley" suggestion, as published
-    unfreeze_epochs: int = 0  # optional second stage: unfreeze and train everything, discriminative rates
-    balance: str = "none"  # "none" (published), "weights" (inverse-frequency loss), "oversample" (rare classes)
-    # Body forward pass in "features" mode. fp32 (default): the report's probabilities are the ones
-    # predict (fp32 ONNX) gives. "bf16" / "auto" (bf16 where the CPU has it) are faster, but the head
-    # then learns and is scored on bf16 features that predict never sees.
-    precision: str = "fp32"
-    name: str = ""  # short name in the run folder's name
-
-    def validate(self) -> None:
-        """ValueError naming the command-line flag of the first setting out of its range (for library callers)."""
-        choices = {"split": ("patient", "random"), "mode": ("features", "finetune"),
-                   "balance": ("none", "weights", "oversample"), "precision": ("auto", "fp32", "bf16")}
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"--{field} must be one of {', '.join(allowed)}, not {getattr(self, field)!r}")
-        if not 0 < self.valid_fraction < 1:  # also refuses NaN
-            raise ValueError(f"--valid-fraction must be between 0 and 1 (both excluded), not {self.valid_fraction}")
-        whole_numbers = {"--seed": (self.seed, 0, MAX_SEED), "--epochs": (self.epochs, 1, None),
-                         "--bs": (self.batch_size, 1, None), "--image-size": (self.image_size, 1, MAX_IMAGE_SIZE),
-                         "--unfreeze-epochs": (self.unfreeze_epochs, 0, None)}
-        for flag, (value, low, high) in whole_numbers.items():
-            whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-            if not whole or value < low or (high is not None and value > high):
-                bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-                raise ValueError(f"{flag} must be a whole number {bounds}, not {value!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a positive finite number, not {self.lr!r}")
-        if "/" in self.name or "\0" in self.name or self.name.startswith("."):  # part of a folder's name, never a path
-            raise ValueError(f"--name must be a plain name (no '/', not starting with '.'), not {self.name!r}")
+class Sources:
+    """What a run reads besides its settings: stage 1's folder and the pretrained body."""
+    spectrograms_dir: Path
+    pretrained_state: dict | None  # torchvision-format ResNet-34 weights; None: from scratch
+    body_digest: str | None  # model.state_digest of pretrained_state: the feature cache's key and model.json's check
+    weights_description: str  # where the body's weights came from, for the report
 
 
-class TrainError(RuntimeError):
-    """A problem the user can fix (missing manifest, mismatched settings); one-line message."""
+@dataclass
+class Study:
+    """The split: every window with its side (column is_valid), the split table, the classes, the majority class."""
+    windows: pd.DataFrame
+    split_table: pd.DataFrame
+    classes: list[str]
+    majority_class: str  # the training side's most common class: the baseline's answer
+
+
+@dataclass
+class Fit:
+    """What fit returns: the trained network and everything the run folder records of its training."""
+    network: torch.nn.Module  # eval mode, on the plan's device
+    window_probs: np.ndarray  # (validation windows, classes), in the order of the validation windows
+    epoch_log: pd.DataFrame  # epoch, train_loss, valid_loss, error_rate
+    lr: float  # the rate used: --lr, else lr_find's suggestion
+    lr_suggestion: float  # lr_find's "valley"
+    lr_curve: pd.DataFrame  # lr_find's curve: lr, loss
+    class_weights: np.ndarray  # inverse class frequencies of the training windows (--balance)
+
+
+@dataclass
+class TrainResult:
+    """What train returns: the run folder and what it holds, so that callers need not read it back."""
+    run_dir: Path
+    metrics: dict  # as metrics.json
+    settings: dict  # the settings that ran (settings.resolved), as config.json's train_settings
+    classes: list[str]
+    predictions: pd.DataFrame  # as predictions.csv
+
+
+# ---------------------------------------------------------------- the study
+
+def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, settings: TrainSettings | None = None,
+          *, runs_dir: str | Path | None = None, split_table: pd.DataFrame | None = None,
+          progress: bool = True) -> TrainResult:
+    """Split, fit, write the run; returns the result. The run folder appears only when complete.
+
+    With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
+    time and settings.name, and runs_dir/latest is pointed at it. split_table (columns
+    recording, patient_id, label, split) replaces settings.split: cross-validation passes its folds.
+
+    Everything that can be checked is checked before any training (settings, device, manifest,
+    feature cache, output folder, `latest`); a run whose loss is not finite is never written.
+    """
+    settings = settings or TrainSettings()
+    settings.validate()
+    started = time.time()
+    plan = Plan.resolve(settings)
+    spectrograms_dir = Path(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir)
+    if plan.mode == "features":
+        feature_cache_dir(spectrograms_dir)
+    runs_dir, run_dir = runfolder.run_location(run_dir, runs_dir, settings.name or settings.split)
+    sources = read_sources(spectrograms_dir, settings, progress)
+
+    with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
+        study = split_windows(windows, settings, split_table, work_dir)
+        fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
+        result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
+                           seconds=time.time() - started)
+    if runs_dir is not None:
+        runfolder.point_latest(runs_dir, run_dir)
+    return dataclasses.replace(result, run_dir=run_dir)
+
+
+def uses_feature_cache(settings: TrainSettings) -> bool:
+    """Whether training computes the frozen body's outputs once and caches them ("features" mode, pretrained)."""
+    return settings.training_mode() == "features"
+
+
+def read_sources(spectrograms_dir: Path, settings: TrainSettings, progress: bool) -> Sources:
+    """The pretrained body the settings ask for (WeightsError if it cannot be had), and its digest."""
+    if not settings.pretrained:
+        return Sources(spectrograms_dir, None, None, "none: trained from scratch")
+    state, description = model.load_pretrained_state(settings.weights, offline=settings.offline, progress=progress)
+    return Sources(spectrograms_dir, state, model.state_digest(state), description)
+
+
+def split_windows(windows: pd.DataFrame, settings: TrainSettings, split_table: pd.DataFrame | None,
+                  run_dir: Path) -> Study:
+    """The split by recording (all windows of a recording on one side), written to split.csv; checked usable."""
+    classes = [name for name in CLASSES if name in set(windows["label"])]
+    if split_table is None:
+        recordings = split.recordings_table(windows)
+        split_table = split.make_split(recordings, settings.split, settings.valid_fraction, settings.seed)
+    split_columns = ["recording", "patient_id", "label", "split"]
+    atomic_write_text(run_dir / runfolder.SPLIT_FILE, split_table[split_columns].to_csv(index=False))
+    windows = windows.merge(split_table[["recording", "split"]], on="recording")
+    windows["is_valid"] = windows["split"] == "valid"
+    if windows["is_valid"].all() or not windows["is_valid"].any():
+        raise TrainError("the split left one side empty: too few recordings or patients for a validation set")
+    n_train_windows = int((~windows["is_valid"]).sum())
+    if n_train_windows < settings.batch_size:  # training batches are full ones (drop_last): there would be none
+        raise TrainError(f"--bs {settings.batch_size} is more than the {n_train_windows} training images: "
+                         "no full batch to train on; give a smaller --bs")
+    majority_class = split_table.loc[split_table["split"] == "train", "label"].value_counts().idxmax()
+    return Study(windows, split_table, classes, majority_class)
 
 
 # ---------------------------------------------------------------- the data
@@ -205,11 +293,6 @@ def feature_cache_dir(spectrograms_dir: Path) -> Path:
     return folder
 
 
-def uses_feature_cache(settings: TrainSettings) -> bool:
-    """Whether training computes the frozen body's outputs once and caches them ("features" mode, pretrained)."""
-    return settings.mode == "features" and settings.pretrained
-
-
 def load_image(spectrograms_dir: Path, image: str, image_size: int) -> np.ndarray:
     from PIL import Image
 
@@ -257,47 +340,43 @@ def class_balance(train_labels: pd.Series, classes: list[str], balance: str):
 
 # ---------------------------------------------------------------- frozen-body features
 
-def uses_bf16(settings: TrainSettings) -> bool:
-    """Whether the body pass runs in bf16: asked for, or "auto" on a CPU that has it."""
-    return settings.precision == "bf16" or (settings.precision == "auto" and bf16_available())
-
-
-def bf16_available() -> bool:
-    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def body_features(network, spectrograms_dir: Path, images: list[str], settings: TrainSettings, cache_key: str,
+def body_features(network, spectrograms_dir: Path, images: list[str], plan: Plan, cache_key: str,
                   progress: bool = True) -> torch.Tensor:
-    """The frozen body's pooled output for each image, (n_images, 1024); cached on disk by content key.
-
-    network[0] is the body, network[1][:2] fastai's parameter-free AdaptiveConcatPool2d + Flatten.
-    """
+    """The frozen body's pooled output for each image, (n_images, 1024) on the CPU; cached on disk by content key."""
     from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
 
     cache_path = feature_cache_dir(spectrograms_dir) / f"{cache_key}.safetensors"
     cached = _read_cached_features(cache_path, len(images), load_file)
     if cached is not None:
         return cached
-    extractor = torch.nn.Sequential(network[0], network[1][:2]).eval().to(memory_format=torch.channels_last)
-    chunk = 8
-    mean = torch.tensor(model.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(model.IMAGENET_STD).view(1, 3, 1, 1)
-    outputs = []
-    bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(settings)):
-        for start in range(0, len(images), chunk):
-            batch = model.images_to_tensor(
-                [load_image(spectrograms_dir, name, settings.image_size) for name in images[start:start + chunk]]
-            ).expand(-1, 3, -1, -1)
-            batch = ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
-            outputs.append(extractor(batch).float())
-            bar.update(len(batch))
-    bar.close()
-    features = torch.cat(outputs)
+    features = _run_body(network, spectrograms_dir, images, plan, progress)
     with atomic_path(cache_path) as tmp:
         save_file({"features": features.contiguous()}, str(tmp))
     return features
+
+
+def _run_body(network, spectrograms_dir: Path, images: list[str], plan: Plan, progress: bool) -> torch.Tensor:
+    """The body pass, batched on the plan's device under its autocast dtype (if any).
+
+    network[0] is the body, network[1][:2] fastai's parameter-free AdaptiveConcatPool2d + Flatten.
+    """
+    from tqdm import tqdm
+
+    extractor = torch.nn.Sequential(network[0], network[1][:2]).eval()
+    extractor = extractor.to(plan.device, memory_format=torch.channels_last)
+    autocast = (torch.autocast(plan.device.type, dtype=plan.autocast) if plan.autocast is not None
+                else contextlib.nullcontext())
+    outputs = []
+    bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
+    with torch.inference_mode(), autocast:
+        for start in range(0, len(images), FEATURES_BATCH):
+            grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size)
+                                           for name in images[start:start + FEATURES_BATCH]]).to(plan.device)
+            batch = model.imagenet_normalise(grey.expand(-1, 3, -1, -1)).contiguous(memory_format=torch.channels_last)
+            outputs.append(extractor(batch).float().cpu())
+            bar.update(len(batch))
+    bar.close()
+    return torch.cat(outputs)
 
 
 def _read_cached_features(cache_path: Path, n_images: int, load_file) -> torch.Tensor | None:
@@ -313,20 +392,12 @@ def _read_cached_features(cache_path: Path, n_images: int, load_file) -> torch.T
     return features
 
 
-def feature_cache_key(state_digest: str, windows: pd.DataFrame, settings: TrainSettings) -> str:
-    identity = [state_digest, settings.image_size, "bf16" if uses_bf16(settings) else "fp32", torch.__version__]
+def feature_cache_key(body_digest: str, windows: pd.DataFrame, plan: Plan) -> str:
+    """The images' content, the body, the size, and where and in which precision the body ran."""
+    identity = [body_digest, plan.settings.image_size, devices.precision_name(plan.autocast), plan.device.type,
+                torch.__version__]
     identity += windows[["image", "settings_hash", "source_size", "source_mtime_ns"]].astype(str).to_numpy().tolist()
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
-
-
-def state_digest(state: dict | None) -> str:
-    if state is None:
-        return "random"
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def feature_dataloaders(features: torch.Tensor, targets: np.ndarray, is_valid: np.ndarray, batch_size: int,
@@ -350,162 +421,95 @@ def feature_dataloaders(features: torch.Tensor, targets: np.ndarray, is_valid: n
     return DataLoaders(train_dl, valid_dl)
 
 
-# ---------------------------------------------------------------- the study
+# ---------------------------------------------------------------- fit
 
-def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, settings: TrainSettings | None = None,
-          *, runs_dir: str | Path | None = None, split_table: pd.DataFrame | None = None, progress: bool = True) -> Path:
-    """Train, report and save one run; returns the run folder. The folder appears only when complete.
+def fit(study: Study, plan: Plan, sources: Sources, *, scratch_dir: Path, progress: bool) -> Fit:
+    """lr_find and one-cycle training as published (then the optional unfrozen stage); validation probabilities."""
+    from fastai.vision.all import set_seed
 
-    With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
-    time and settings.name, and runs_dir/latest is pointed at it. split_table (columns
-    recording, patient_id, label, split) replaces settings.split: cross-validation passes its folds.
-
-    Everything that can be checked is checked before any training (settings, manifest, feature
-    cache, output folder, `latest`); a run whose loss is not finite is never written.
-    """
-    settings = settings or TrainSettings()
-    settings.validate()
-    spectrograms_dir = Path(spectrograms_dir)
-    started = time.time()
-    windows = read_spectrograms(spectrograms_dir)
-    if uses_feature_cache(settings):
-        feature_cache_dir(spectrograms_dir)
-    runs_dir, run_dir = _run_location(run_dir, runs_dir, settings)
-    pretrained_state, weights_description = (
-        model.load_pretrained_state(settings.weights, offline=settings.offline, progress=progress)
-        if settings.pretrained else (None, "none: trained from scratch")
-    )
-
-    with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
-        _train_into(work_dir, run_dir.name, spectrograms_dir, windows, settings, pretrained_state, weights_description,
-                    started, progress, split_table)
-    if runs_dir is not None:
-        _point_latest(runs_dir, run_dir)
-    return run_dir
-
-
-def _train_into(run_dir, run_name, spectrograms_dir, windows, settings, pretrained_state, weights_description, started,
-                progress, split_table=None):
-    from fastai.vision.all import Learner, TerminateOnNaNCallback, error_rate, set_seed, vision_learner
-
-    classes = [name for name in CLASSES if name in set(windows["label"])]
-
-    # The split is by recording: all windows of a recording sit on the same side.
-    if split_table is None:
-        recordings = split.recordings_table(windows)
-        split_table = split.make_split(recordings, settings.split, settings.valid_fraction, settings.seed)
-    atomic_write_text(run_dir / "split.csv", split_table[["recording", "patient_id", "label", "split"]].to_csv(index=False))
-    windows = windows.merge(split_table[["recording", "split"]], on="recording")
-    windows["is_valid"] = windows["split"] == "valid"
-    if windows["is_valid"].all() or not windows["is_valid"].any():
-        raise TrainError("the split left one side empty: too few recordings or patients for a validation set")
-    n_train_windows = int((~windows["is_valid"]).sum())
-    if n_train_windows < settings.batch_size:  # training batches are full ones (drop_last): there would be none
-        raise TrainError(f"--bs {settings.batch_size} is more than the {n_train_windows} training images: "
-                         "no full batch to train on; give a smaller --bs")
-    train_recordings = split_table[split_table["split"] == "train"]
-    majority_class = train_recordings["label"].value_counts().idxmax()
-
-    # Class balance (--balance): inverse frequency of the training windows.
-    class_weights, loss_func = class_balance(windows.loc[~windows["is_valid"], "label"], classes, settings.balance)
-
-    # The network: ResNet-34 with fastai's head; ImageNet body frozen (vision_learner freezes when pretrained).
+    settings = plan.settings
+    train_labels = study.windows.loc[~study.windows["is_valid"], "label"]
+    class_weights, loss_func = class_balance(train_labels, study.classes, settings.balance)
     set_seed(settings.seed, reproducible=True)
-    dls = image_dataloaders(spectrograms_dir, windows, classes, settings, class_weights)
-    learn = vision_learner(dls, model.resnet34_arch(pretrained_state), pretrained=settings.pretrained,
-                           loss_func=loss_func, metrics=error_rate, path=run_dir / ".fastai")
-    features_mode = settings.mode == "features" and settings.pretrained
-    training_mode = (
-        "features: frozen body (BatchNorm statistics included) run once, head trained on its outputs" if features_mode
-        else "finetune: frozen body with trainable BatchNorm (fastai default), head trained on images" if settings.pretrained
-        else "from scratch: whole network trained on images (no pretrained body to freeze)"
-    )
-
-    # Learning-rate finder and one-cycle training, as published.
+    learn = image_learner(study, plan, sources, loss_func=loss_func, class_weights=class_weights, scratch_dir=scratch_dir)
     set_seed(settings.seed, reproducible=True)
-    if features_mode:
-        key = feature_cache_key(state_digest(pretrained_state), windows, settings)
-        features = body_features(learn.model, spectrograms_dir, list(windows["image"]), settings, key, progress)
-        targets = np.array([classes.index(label) for label in windows["label"]])
-        sample_weights = class_weights[targets[~windows["is_valid"].to_numpy()]] if settings.balance == "oversample" else None
-        head_dls = feature_dataloaders(features, targets, windows["is_valid"].to_numpy(), settings.batch_size, sample_weights)
-        trainer = Learner(head_dls, learn.model[1][2:], loss_func=loss_func, metrics=error_rate, path=run_dir / ".fastai")
-    else:
-        trainer = learn
-    if not progress:  # no bars and no epoch table (without its ProgressCallback, fastai prints each epoch)
-        for quiet in (trainer, learn):  # the same Learner twice outside features mode: harmless
-            quiet.remove_cbs([cb for cb in quiet.cbs if type(cb).__name__ == "ProgressCallback"])
-            quiet.logger = lambda *args, **kwargs: None
-    suggestion = trainer.lr_find(show_plot=False)
-    lr = settings.lr or float(suggestion.valley)
-    _save_lr_find_plot(trainer, float(suggestion.valley), run_dir / "lr_find.png")
+    trainer = learn
+    if plan.mode == "features":  # the head alone, on the body's outputs computed once
+        trainer = head_learner(learn, study, plan, sources, loss_func=loss_func, class_weights=class_weights,
+                               progress=progress)
+    if not progress:
+        quiet(trainer, learn)
+    lr_curve, lr_suggestion = find_lr(trainer)
+    lr = settings.lr or lr_suggestion
     set_seed(settings.seed, reproducible=True)
-    trainer.fit_one_cycle(settings.epochs, lr, cbs=TerminateOnNaNCallback())
-    check_finite_losses(trainer, settings.epochs, "training", lr)
-    epoch_log = _epoch_log(trainer, first_epoch=0)
+    epoch_log = fit_stage(trainer, settings.epochs, lr, stage="training", lr=lr, first_epoch=0)
     if settings.unfreeze_epochs:
         learn.unfreeze()  # second stage: the whole network, lower rates for the earlier layers
-        learn.fit_one_cycle(settings.unfreeze_epochs, slice(lr / 100, lr / 10), cbs=TerminateOnNaNCallback())
-        check_finite_losses(learn, settings.unfreeze_epochs, "the unfrozen stage", lr)
-        epoch_log = pd.concat([epoch_log, _epoch_log(learn, first_epoch=settings.epochs)], ignore_index=True)
-    atomic_write_text(run_dir / "epochs.csv", epoch_log.to_csv(index=False))
+        second = fit_stage(learn, settings.unfreeze_epochs, slice(lr / 100, lr / 10), stage="the unfrozen stage",
+                           lr=lr, first_epoch=settings.epochs)
+        epoch_log = pd.concat([epoch_log, second], ignore_index=True)
+    scorer = trainer if plan.mode == "features" and not settings.unfreeze_epochs else learn
+    return Fit(network=learn.model.eval(), window_probs=validation_probabilities(scorer, lr), epoch_log=epoch_log,
+               lr=lr, lr_suggestion=lr_suggestion, lr_curve=lr_curve, class_weights=class_weights)
 
-    # Validation predictions: windows -> recordings by mean probability.
-    if features_mode and not settings.unfreeze_epochs:
-        window_probs, _ = trainer.get_preds(dl=head_dls.valid)
-    else:
-        window_probs, _ = learn.get_preds(dl=learn.dls.valid)
+
+def image_learner(study: Study, plan: Plan, sources: Sources, *, loss_func, class_weights: np.ndarray,
+                  scratch_dir: Path):
+    """fastai's vision_learner: ResNet-34 with fastai's head, on the plan's device; the pretrained body frozen."""
+    from fastai.vision.all import error_rate, vision_learner
+
+    dls = image_dataloaders(sources.spectrograms_dir, study.windows, study.classes, plan.settings, class_weights)
+    return vision_learner(dls.to(plan.device), model.resnet34_arch(sources.pretrained_state),
+                          pretrained=plan.settings.pretrained, loss_func=loss_func, metrics=error_rate, path=scratch_dir)
+
+
+def head_learner(learn, study: Study, plan: Plan, sources: Sources, *, loss_func, class_weights: np.ndarray,
+                 progress: bool):
+    """A Learner of the head alone (after fastai's pooling) over the frozen body's outputs, on the plan's device."""
+    from fastai.vision.all import Learner, error_rate
+
+    windows, settings = study.windows, plan.settings
+    key = feature_cache_key(sources.body_digest, windows, plan)
+    features = body_features(learn.model, sources.spectrograms_dir, list(windows["image"]), plan, key, progress)
+    targets = np.array([study.classes.index(label) for label in windows["label"]])
+    is_valid = windows["is_valid"].to_numpy()
+    sample_weights = class_weights[targets[~is_valid]] if settings.balance == "oversample" else None
+    head_dls = feature_dataloaders(features, targets, is_valid, settings.batch_size, sample_weights)
+    return Learner(head_dls.to(plan.device), learn.model[1][2:], loss_func=loss_func, metrics=error_rate,
+                   path=learn.path)
+
+
+def quiet(*learners) -> None:
+    """No bars and no epoch table (without its ProgressCallback, fastai prints each epoch)."""
+    for learner in learners:  # the same Learner twice outside features mode: harmless
+        learner.remove_cbs([cb for cb in learner.cbs if type(cb).__name__ == "ProgressCallback"])
+        learner.logger = lambda *args, **kwargs: None
+
+
+def find_lr(learner) -> tuple[pd.DataFrame, float]:
+    """fastai's lr_find: (its curve, columns lr and loss; its "valley" suggestion)."""
+    suggestion = learner.lr_find(show_plot=False)
+    recorder = learner.recorder
+    curve = pd.DataFrame({"lr": [float(lr) for lr in recorder.lrs], "loss": [float(loss) for loss in recorder.losses]})
+    return curve, float(suggestion.valley)
+
+
+def fit_stage(learner, epochs: int, rates, *, stage: str, lr: float, first_epoch: int) -> pd.DataFrame:
+    """fit_one_cycle, stopped at the first non-finite loss (TrainError); the stage's epoch log."""
+    from fastai.vision.all import TerminateOnNaNCallback
+
+    learner.fit_one_cycle(epochs, rates, cbs=TerminateOnNaNCallback())
+    check_finite_losses(learner, epochs, stage, lr)
+    return _epoch_log(learner, first_epoch=first_epoch)
+
+
+def validation_probabilities(learner, lr: float) -> np.ndarray:
+    """The validation windows' class probabilities (on the CPU, in the windows' order); TrainError if not finite."""
+    window_probs, _ = learner.get_preds(dl=learner.dls.valid)
     if not torch.isfinite(window_probs).all():
         raise TrainError(f"training diverged: the validation probabilities are not finite (learning rate {lr:.3g}); "
                          "no run was written; try a lower --lr")
-    valid_windows = windows[windows["is_valid"]].reset_index(drop=True)
-    predictions = recording_predictions(valid_windows, window_probs.numpy(), classes)
-    atomic_write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
-
-    # Save: weights (safetensors), model.json, ONNX for predict, config.json.
-    network = learn.model.eval()
-    model_info = {
-        "model_id": run_name, "arch": "resnet34", "classes": classes, "image_size": settings.image_size,
-        "audio_settings": audio.SETTINGS.to_dict(), "weights_file": model.WEIGHTS_FILE, "onnx_file": model.ONNX_FILE,
-        "input": "grayscale spectrogram window in [0, 1], (n, 1, image_size, image_size); output: class probabilities",
-        "combine_windows": "mean of window probabilities",
-    }
-    model.save_model(run_dir, network, model_info)
-    model.export_onnx(network, settings.image_size, run_dir / model.ONNX_FILE)
-
-    leaked = split.leaked_patients(split_table)
-    notes = []
-    if settings.split == "random":
-        notes.append(f"Random split by recording (the published protocol): {leaked} patients have recordings on both "
-                     "sides, so validation figures are optimistic. The patient-grouped split (the default) does not allow this.")
-    if not settings.pretrained:
-        notes.append("No pretrained weights: the whole network was trained from scratch.")
-    elif settings.weights:
-        notes.append(f"Pretrained body read from {settings.weights}.")
-    valid_side = split_table[split_table["split"] == "valid"]
-    context = {
-        "title": f"heartbeat run {run_name}", "split": settings.split, "weights": weights_description,
-        "training_mode": training_mode, "n_train_recordings": int(len(train_recordings)),
-        "n_train_patients": int(train_recordings["patient_id"].nunique()),
-        "n_valid_patients": int(valid_side["patient_id"].nunique()), "leaked_patients": leaked,
-        "notes": notes, "settings": dataclasses.asdict(settings), "lr_suggestion": float(suggestion.valley),
-        "lr_used": lr,
-    }
-    from heartbeat.report import write_report
-
-    write_report(run_dir, predictions, classes, majority_class=majority_class, context=context, epoch_log=epoch_log)
-    atomic_write_json(run_dir / "config.json", {
-        "train_settings": dataclasses.asdict(settings), "audio_settings": audio.SETTINGS.to_dict(),
-        "spectrograms": str(spectrograms_dir), "classes": classes, "majority_class": majority_class,
-        "training_mode": training_mode, "weights": weights_description, "lr_suggestion": float(suggestion.valley),
-        # what --precision resolved to ("auto" depends on the CPU); only features mode's body pass uses bf16
-        "body_precision": "bf16" if features_mode and uses_bf16(settings) else "fp32",
-        "class_weights": dict(zip(classes, map(float, class_weights))),
-        "lr_used": lr, "n_windows": {"train": int((~windows["is_valid"]).sum()), "valid": int(windows["is_valid"].sum())},
-        "seconds": round(time.time() - started, 1), "versions": _versions(), "git_commit": _git_commit(),
-        "command": " ".join(sys.argv),
-    })
-    shutil.rmtree(run_dir / ".fastai", ignore_errors=True)
+    return window_probs.numpy()
 
 
 def check_finite_losses(learner, epochs: int, stage: str, lr: float) -> None:
@@ -523,6 +527,75 @@ def check_finite_losses(learner, epochs: int, stage: str, lr: float) -> None:
                          "no run was written; try a lower --lr")
 
 
+def _epoch_log(learner, first_epoch: int) -> pd.DataFrame:
+    names = learner.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+    log = pd.DataFrame([dict(zip(names, values)) for values in learner.recorder.values])
+    log.insert(0, "epoch", range(first_epoch, first_epoch + len(log)))
+    return log
+
+
+# ---------------------------------------------------------------- write the run
+
+def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan: Plan, sources: Sources,
+              seconds: float) -> TrainResult:
+    """Every file of the run folder: logs, predictions, the network, config.json (the settings that ran), the report."""
+    atomic_write_text(work_dir / runfolder.EPOCHS_FILE, fitted.epoch_log.to_csv(index=False))
+    atomic_write_text(work_dir / runfolder.LR_FIND_CSV, fitted.lr_curve.to_csv(index=False))
+    valid_windows = study.windows[study.windows["is_valid"]].reset_index(drop=True)
+    predictions = recording_predictions(valid_windows, fitted.window_probs, study.classes)
+    atomic_write_text(work_dir / runfolder.PREDICTIONS_FILE, predictions.to_csv(index=False))
+    save_network(work_dir, run_name, fitted.network.to(devices.cpu()), study.classes, plan, sources.body_digest)
+    ran = plan.settings_that_ran(lr=fitted.lr, lr_suggestion=fitted.lr_suggestion)
+    atomic_write_json(work_dir / runfolder.CONFIG_FILE, {
+        "train_settings": ran, "audio_settings": audio.SETTINGS.to_dict(), "spectrograms": str(sources.spectrograms_dir.resolve()),
+        "classes": study.classes, "majority_class": study.majority_class, "training_mode": TRAINING_MODES[plan.mode],
+        "weights": sources.weights_description, "class_weights": dict(zip(study.classes, map(float, fitted.class_weights))),
+        "n_windows": {"train": int((~study.windows["is_valid"]).sum()), "valid": int(study.windows["is_valid"].sum())},
+        "seconds": round(seconds, 1), **runfolder.provenance(),
+    })
+    metrics = report.write_report(work_dir, predictions, study.classes, majority_class=study.majority_class,
+                                  context=report_context(run_name, study, plan, sources, ran),
+                                  epoch_log=fitted.epoch_log, lr_find=fitted.lr_curve, spectrograms=sources.spectrograms_dir)
+    shutil.rmtree(work_dir / runfolder.SCRATCH_DIR, ignore_errors=True)
+    return TrainResult(work_dir, metrics, ran, study.classes, predictions)
+
+
+def save_network(work_dir: Path, run_name: str, network, classes: list[str], plan: Plan, body_digest: str | None) -> None:
+    """Torch weights where training changed them (model.save_model), model.json, and the ONNX export for predict."""
+    image_size = plan.settings.image_size
+    model_info = {
+        "model_id": run_name, "arch": "resnet34", "classes": classes, "image_size": image_size,
+        "audio_settings": audio.SETTINGS.to_dict(), "onnx_file": model.ONNX_FILE,
+        "input": "grayscale spectrogram window in [0, 1], (n, 1, image_size, image_size); output: class probabilities",
+        "combine_windows": "mean of window probabilities",
+    }
+    body_trained = plan.mode != "features" or plan.settings.unfreeze_epochs > 0
+    model.save_model(work_dir, network, model_info, body_trained=body_trained, body_state_digest=body_digest)
+    model.export_onnx(network, image_size, work_dir / model.ONNX_FILE)
+
+
+def report_context(run_name: str, study: Study, plan: Plan, sources: Sources, ran: dict) -> dict:
+    """What the report says of the run besides its figures: split sizes, the settings that ran, notes."""
+    split_table = study.split_table
+    train_side, valid_side = (split_table[split_table["split"] == side] for side in ("train", "valid"))
+    leaked = split.leaked_patients(split_table)
+    notes = []
+    if plan.settings.split == "random":
+        notes.append(f"Random split by recording (the published protocol): {leaked} patients have recordings on both "
+                     "sides, so validation figures are optimistic. The patient-grouped split (the default) does not allow this.")
+    if plan.mode == "scratch":
+        notes.append("No pretrained weights: the whole network was trained from scratch.")
+    elif plan.settings.weights:
+        notes.append(f"Pretrained body read from {plan.settings.weights}.")
+    return {
+        "title": f"heartbeat run {run_name}", "split": plan.settings.split, "weights": sources.weights_description,
+        "training_mode": TRAINING_MODES[plan.mode], "n_train_recordings": int(len(train_side)),
+        "n_train_patients": int(train_side["patient_id"].nunique()),
+        "n_valid_patients": int(valid_side["patient_id"].nunique()), "leaked_patients": leaked, "notes": notes,
+        "settings": ran, "lr_suggestion": ran["lr_suggestion"], "lr_used": ran["lr"],
+    }
+
+
 def recording_predictions(valid_windows: pd.DataFrame, window_probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
     """One row per recording: its windows' probabilities combined (metrics.combine_windows) and the argmax class."""
     rows = []
@@ -534,133 +607,3 @@ def recording_predictions(valid_windows: pd.DataFrame, window_probs: np.ndarray,
             **{f"prob_{name}": float(p) for name, p in zip(classes, probabilities)},
         })
     return pd.DataFrame(rows)
-
-
-def _epoch_log(learner, first_epoch: int) -> pd.DataFrame:
-    names = learner.recorder.metric_names[1:-1]  # drop "epoch" and "time"
-    rows = [dict(zip(names, values)) for values in learner.recorder.values]
-    log = pd.DataFrame(rows).rename(columns={"error_rate": "error_rate"})
-    log.insert(0, "epoch", range(first_epoch, first_epoch + len(log)))
-    return log
-
-
-def _save_lr_find_plot(learner, suggestion: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    learner.recorder.plot_lr_find()
-    figure = plt.gcf()
-    axes = figure.axes[0]
-    axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"valley {suggestion:.2e}")
-    axes.legend()
-    axes.set_title("Learning-rate finder")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-
-
-def _run_location(run_dir, runs_dir, settings: TrainSettings) -> tuple[Path | None, Path]:
-    """(folder whose `latest` pointer to update, or None for an explicit run_dir; the run folder to create).
-
-    Creates and checks the folder the run goes in, and removes what killed runs left there
-    (only their hidden temporary folders, and only once their writer is dead).
-    """
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        if os.path.lexists(run_dir):  # a dangling link too: the finished run would be renamed onto it
-            raise TrainError(f"{run_dir}: already exists (runs are never overwritten; choose another --out)")
-        prepare_output_folder(run_dir.parent, run_dir)
-        remove_dead_leftovers(run_dir.parent, prefix=f".{run_dir.name}.")
-        return None, run_dir
-    runs_dir = Path(runs_dir) if runs_dir is not None else config.RUNS_DIR
-    prepare_output_folder(runs_dir, runs_dir)
-    _check_latest(runs_dir)
-    remove_dead_leftovers(runs_dir)
-    _remove_stale_latest_links(runs_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{settings.name or settings.split}"
-    suffix = 1
-    while os.path.lexists(runs_dir / name):  # two runs in the same second
-        suffix += 1
-        name = f"{stamp}-{settings.name or settings.split}-{suffix}"
-    return runs_dir, runs_dir / name
-
-
-def prepare_output_folder(folder: Path, target: Path) -> None:
-    """Create `folder` (where `target` will be written) if needed; TrainError naming target if it cannot be.
-
-    Checked before any training, so that a run never trains for an hour and then cannot be saved.
-    """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        blocking = next((parent for parent in [folder, *folder.parents] if parent.exists() and not parent.is_dir()), None)
-        reason = f"{blocking} is a file, not a folder" if blocking is not None else error.strerror or str(error)
-        raise TrainError(f"{target}: cannot be created ({reason})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise TrainError(f"{target}: cannot be created ({folder} is not writable)")
-
-
-def _check_latest(runs_dir: Path) -> None:
-    """TrainError if runs_dir/latest is something other than a symbolic link: it is never replaced or deleted."""
-    link = runs_dir / LATEST
-    if os.path.lexists(link) and not link.is_symlink():
-        raise TrainError(f"{link}: not a symbolic link (a file or folder of yours?); it is left as it is: "
-                         "move it away, or give --out or another --runs")
-
-
-def _remove_stale_latest_links(runs_dir: Path) -> None:
-    """Remove `latest` temporary links a killed run left (older than STALE_LINK_SECONDS; a live one is younger).
-
-    Both names: `.latest.<random>.tmp`, and `.latest.<pid>` of earlier versions.
-    """
-    for path in runs_dir.glob(f".{LATEST}.*"):
-        try:
-            if path.is_symlink() and time.time() - os.lstat(path).st_mtime > STALE_LINK_SECONDS:
-                path.unlink()
-        except OSError:
-            pass  # another run removed or renamed it first
-
-
-def _point_latest(runs_dir: Path, run_dir: Path) -> None:
-    """runs_dir/latest -> run_dir, replaced atomically (a temporary link renamed over the old one).
-
-    `latest` is checked again: it may have become a file or folder while the run trained, and
-    is then left alone (the run itself is complete). The temporary link is removed on any
-    error; after a SIGKILL in the microseconds it exists, the next run removes it.
-    """
-    link = runs_dir / LATEST
-    try:
-        _check_latest(runs_dir)
-    except TrainError as error:
-        raise TrainError(f"{error}; the run is complete in {run_dir}") from None
-    tmp = runs_dir / f".{LATEST}.{secrets.token_hex(6)}.tmp"
-    tmp.symlink_to(run_dir.name)
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _versions() -> dict:
-    import fastai
-    import torchvision
-
-    from heartbeat import __version__
-
-    return {"heartbeat": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "fastai": fastai.__version__, "numpy": np.__version__,
-            "pandas": pd.__version__}
-
-
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return result.stdout.strip() + ("+dirty" if dirty else "") if result.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

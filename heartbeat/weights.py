@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from heartbeat.device import cpu
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
 
 # No network must fail within about 10 s, never hang: the limit for getting an answer, and for
@@ -198,7 +199,7 @@ def read_resnet34_state(path: Path, *, in_cache: bool = False) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns on stderr about pickle protocols; the outcome says enough
-            state = torch.load(path, map_location="cpu", weights_only=True)  # a weights file must never run code
+            state = torch.load(path, map_location=cpu(), weights_only=True)  # a weights file must never run code
     except Exception as error:  # torch raises many kinds for a file that is not a checkpoint
         raise refuse(_load_problem(error)) from None
     reference = _reference_state()

@@ -48,54 +48,27 @@ class Row:
     windows: int
 
 
-# ---------------------------------------------------------------- devices
+# ---------------------------------------------------------------- devices (heartbeat.device names them)
 
 def devices() -> list:
-    """The CPU, then the GPU torch can use (CUDA first, then Apple's MPS), if any."""
-    import torch
+    """The CPU, then the GPU torch can use (CUDA first, then Apple's MPS), if any: what --device auto would take."""
+    from heartbeat import device
 
-    found = [torch.device("cpu")]
-    if torch.cuda.is_available():
-        found.append(torch.device("cuda", torch.cuda.current_device()))
-    elif torch.backends.mps.is_available():
-        found.append(torch.device("mps"))
-    return found
-
-
-def device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple GPU (MPS)"
-    return benchlib.cpu_name()
+    found, gpu = [device.cpu()], device.resolve_device("auto")
+    return found if gpu == found[0] else [*found, gpu]
 
 
 def reduced_precision(device):
-    """The autocast dtype the device runs fast, or None where only fp32 is worth timing."""
-    import torch
+    """The autocast dtype the device runs fast (train's --precision auto), or None where only fp32 is worth timing."""
+    from heartbeat.device import autocast_dtype
 
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    # oneDNN's bf16 kernels need AVX-512 BF16 or AMX; without them bf16 is emulated and slower
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-
-
-def synchronize(device) -> None:
-    """Wait for the device's queued work: GPU calls return before the work is done."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    return autocast_dtype(device, "auto")
 
 
 def precision_name(dtype) -> str:
-    return "fp32" if dtype is None else {"torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(dtype)] + " autocast"
+    from heartbeat.device import precision_name
+
+    return precision_name(dtype) + ("" if dtype is None else " autocast")
 
 
 # ---------------------------------------------------------------- the network and its input
@@ -140,20 +113,18 @@ def spectrogram_windows(spectrograms: Path, count: int, image_size: int):
 
 def normalised(windows, device):
     """uint8 (n, size, size) on the host -> ImageNet-normalised float (n, 3, size, size) on `device`."""
-    import torch
-
     from heartbeat import model
 
-    mean = torch.tensor(model.IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.IMAGENET_STD, device=device).view(1, 3, 1, 1)
     grey = windows.to(device)[:, None].float() / 255.0
-    return (grey.expand(-1, 3, -1, -1) - mean) / std
+    return model.imagenet_normalise(grey.expand(-1, 3, -1, -1))
 
 
 # ---------------------------------------------------------------- the two passes
 
 def timed_batches(batches: list, step, device) -> float:
     """Seconds for step() over every batch, after one untimed step on the first."""
+    from heartbeat.device import synchronize
+
     step(batches[0])
     synchronize(device)
     start = time.perf_counter()
@@ -197,6 +168,8 @@ def finetune_seconds(network, windows, labels, device) -> float:
 def measure(windows, devices_found: list) -> list[Row]:
     import torch
 
+    from heartbeat.device import device_name
+
     network = stand_in_network()
     labels = torch.randint(0, N_CLASSES, (len(windows),), generator=torch.Generator().manual_seed(0))
     full = len(windows) // FINETUNE_BATCH * FINETUNE_BATCH  # fastai drops the last partial training batch
@@ -217,7 +190,9 @@ def measure(windows, devices_found: list) -> list[Row]:
 
 def table(rows: list[Row]) -> list[str]:
     """A Markdown table; the last column is the CPU fp32 row's seconds over this row's, for the same pass."""
-    baseline = {row.pass_name: row.seconds for row in rows if row.device == "cpu" and row.precision == "fp32"}
+    from heartbeat.device import cpu
+
+    baseline = {row.pass_name: row.seconds for row in rows if row.device == str(cpu()) and row.precision == "fp32"}
     lines = ["| pass | device | device name | precision | seconds | windows/s | vs CPU fp32 |", "|---|---|---|---|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row.pass_name} | {row.device} | {row.device_name} | {row.precision} | {row.seconds:.2f} | "
@@ -227,6 +202,8 @@ def table(rows: list[Row]) -> list[str]:
 
 def main() -> int:
     import torch
+
+    from heartbeat.device import device_name
 
     parser = benchlib.argument_parser(__doc__, data=False)
     parser.add_argument("--windows", type=int, default=16, help="spectrogram windows per pass (default: %(default)s; "

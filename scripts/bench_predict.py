@@ -46,6 +46,7 @@ from fastai.vision.all import CategoryBlock, ImageDataLoaders, Normalize, resnet
 from heartbeat import model
 
 run, spectrograms, out = map(Path, sys.argv[1:4])
+# A features-mode run keeps its head alone: load_model puts it on the body its config.json names (digest checked).
 network, info = model.load_model(run)
 manifest = pd.read_csv(spectrograms / "manifest.csv", keep_default_na=False)
 # Two images per class: only the DataLoaders' transforms and vocabulary go into export.pkl.

@@ -339,11 +339,11 @@ def test_killed_train_leaves_no_run_and_the_next_run_removes_its_leftover(spectr
     hour_ago = time.time() - 3600
     os.utime(stale_link, (hour_ago, hour_ago), follow_symlinks=False)  # a link left by a run killed an hour ago
     with fileio.atomic_directory(runs / "concurrent") as live:  # another run, alive and writing: its lock is held
-        run = train.train(spectrograms, runs_dir=runs, settings=tiny_settings(standin_weights), progress=False)
+        run = train.train(spectrograms, runs_dir=runs, settings=tiny_settings(standin_weights), progress=False).run_dir
         assert live.is_dir(), "a live run's temporary folder was removed"
     assert not leftover.exists() and not stale_link.is_symlink() and fresh_link.is_symlink()
     assert os.readlink(runs / "latest") == run.name
-    for name in ["config.json", "metrics.json", "model.onnx", "model.safetensors", "report.md"]:
+    for name in ["config.json", "metrics.json", "model.onnx", "model.json", "report.md"]:
         assert (run / name).is_file(), name
 
 

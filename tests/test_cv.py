@@ -14,7 +14,8 @@ from heartbeat import cli
 from heartbeat.cv import cross_validate, fold_splits
 from heartbeat.metrics import classification_metrics
 from heartbeat.split import leaked_patients, patient_folds
-from heartbeat.train import TrainSettings, bf16_available, class_balance, feature_dataloaders
+from heartbeat.device import cpu_has_bf16
+from heartbeat.train import TrainSettings, class_balance, feature_dataloaders
 from test_split import dataset_like
 
 
@@ -110,8 +111,8 @@ def test_cv_command_line_published_protocol_reports_the_leak(trained_run, standi
     # --precision auto reached every run, and resolved as the CPU allows.
     for run in (out / "runs").iterdir():
         config = json.loads((run / "config.json").read_text())
-        assert config["train_settings"]["precision"] == "auto"
-        assert config["body_precision"] == ("bf16" if bf16_available() else "fp32")
+        assert config["train_settings"]["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    assert summary["settings"]["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
 
 
 @pytest.mark.parametrize("flag, value, named", [
@@ -192,7 +193,7 @@ def test_balance_is_used_in_training(balance, trained_run, standin_weights, tmp_
 
     calls = spy_on_the_loss(monkeypatch)
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance)
-    run = train(trained_run["spectrograms"], tmp_path / balance, settings, progress=False)
+    run = train(trained_run["spectrograms"], tmp_path / balance, settings, progress=False).run_dir
 
     config = json.loads((run / "config.json").read_text())
     assert config["train_settings"]["balance"] == balance

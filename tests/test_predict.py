@@ -88,7 +88,7 @@ def test_predict_matches_a_features_mode_report(trained_run, standin_weights, tm
     from heartbeat.train import TrainSettings, train
 
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
-    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     assert "features" in json.loads((run / "config.json").read_text())["training_mode"]
     assert capsys.readouterr().out == ""  # progress=False trains silently
     assert_predict_matches_the_report(run, trained_run["data"], capsys)

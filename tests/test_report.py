@@ -15,7 +15,8 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from badinput import CliResult, assert_one_line_error, run_cli, snapshot
 from heartbeat import cli
-from heartbeat.report import MAX_RUN_FILE_BYTES, plot_confusion_matrix, plot_training_curves, write_report
+from heartbeat.report import (MAX_RUN_FILE_BYTES, lr_find_figure, plot_confusion_matrix, plot_lr_find,
+                              plot_training_curves, probability_table, results_choice, top_losses, write_report)
 
 CLASSES = ["extrastole", "murmur", "normal"]
 OUTPUTS = {"metrics.json", "confusion_matrix.png", "confusion_matrix.json", "report.md"}
@@ -471,3 +472,129 @@ def test_report_removes_what_a_killed_report_left_and_nothing_else(run_folder, c
 
     assert result.returncode == 0, result.stderr
     assert not dead.exists() and alive.read_text() == "{" and other.exists()
+
+
+# ---------------------------------------------------------------- lr_find, results and top-losses pictures
+
+def test_lr_find_is_drawn_from_its_csv_and_redrawn_by_the_report_command(run_folder, capsys):
+    lrs = np.logspace(-7, 1, 40)
+    losses = 1.5 - 0.5 * np.tanh(np.log10(lrs) + 3) + np.where(lrs > 1e-1, 5.0, 0.0)  # a valley, then divergence
+    pd.DataFrame({"lr": lrs, "loss": losses}).to_csv(run_folder / "lr_find.csv", index=False)
+
+    figure = lr_find_figure(lrs, losses, 1e-3)
+    curve, suggestion = figure.axes[0].lines
+    assert figure.axes[0].get_xscale() == "log"
+    np.testing.assert_array_equal(curve.get_xdata(), lrs[:-5])  # as fastai: the last 5 (diverged) points left out
+    assert list(suggestion.get_xdata()) == [1e-3, 1e-3] and suggestion.get_linestyle() == "--"
+
+    result = _report(capsys, run_folder)
+    assert result.returncode == 0, result.stderr
+    _assert_png(run_folder / "lr_find.png")
+    assert "](lr_find.png)" in (run_folder / "report.md").read_text()
+    plot_lr_find(lrs, losses, 1e-3, run_folder / "again.png")
+    _assert_png(run_folder / "again.png")
+
+
+def test_a_bad_lr_find_csv_is_one_line_and_changes_nothing(run_folder, capsys):
+    (run_folder / "lr_find.csv").write_text("lr,loss\n0.1,low\n")
+    before = snapshot(run_folder)
+    result = _report(capsys, run_folder)
+    assert_one_line_error(result, str(run_folder / "lr_find.csv"), code=2)
+    assert "'loss'" in result.stderr and snapshot(run_folder) == before
+
+
+def _probabilities(rows: dict) -> pd.DataFrame:
+    """predictions from {recording: (label, {class: probability})}; predicted = the most probable class."""
+    frame = pd.DataFrame([{"recording": name, "patient_id": name, "label": label,
+                           "predicted": max(probs, key=probs.get), **{f"prob_{c}": probs.get(c, 0.0) for c in CLASSES}}
+                          for name, (label, probs) in rows.items()])
+    return frame
+
+
+def test_top_losses_are_the_most_confidently_wrong_first():
+    table = _probabilities({
+        "a.wav": ("normal", {"normal": 0.4, "murmur": 0.6}),  # wrong, 0.6 on murmur
+        "b.wav": ("murmur", {"normal": 0.9, "murmur": 0.1}),  # wrong, 0.9 on normal: first
+        "c.wav": ("normal", {"normal": 0.51, "murmur": 0.49}),  # right, though 0.49 on a wrong class
+        "d.wav": ("normal", {"normal": 0.3, "extrastole": 0.7}),  # wrong, 0.7
+        "e.wav": ("extrastole", {"extrastole": 0.2, "murmur": 0.7, "normal": 0.1}),  # wrong, 0.7, higher loss: before d
+        "f.wav": ("murmur", {"murmur": 0.3, "normal": 0.7}),  # the same as d: after it, by name
+    })
+    probabilities = probability_table(table, CLASSES)
+    assert [table["recording"][row] for row in top_losses(table, probabilities, CLASSES)] == [
+        "b.wav", "e.wav", "d.wav", "f.wav", "a.wav"]
+    assert top_losses(table, probabilities, CLASSES, limit=2) == [1, 4]
+    right = table.assign(label=table["predicted"])
+    assert top_losses(right, probabilities, CLASSES) == []
+
+
+def test_results_grid_shows_every_class_present():
+    table = _predictions(["normal"] * 12 + ["murmur"] * 3 + ["extrastole"], ["normal"] * 16)
+    chosen = results_choice(table, CLASSES)
+    assert len(chosen) == 9 and len(set(chosen)) == 9
+    assert set(table["label"].iloc[chosen]) == set(CLASSES)
+    assert results_choice(table.iloc[:2], CLASSES) == [0, 1]  # fewer recordings than tiles: all of them
+
+
+def _spectrograms_for(folder: Path, predictions: pd.DataFrame) -> Path:
+    """A stage-1-like folder: two windows per validation recording, each a distinct grey image."""
+    from heartbeat.spectrograms import MANIFEST_COLUMNS
+
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for index, recording in enumerate(predictions["recording"]):
+        for window in (1, 0):  # listed out of order: the first window is the one shown
+            image = f"images/{Path(recording).stem}_w{window}.png"
+            Image.fromarray(np.full((64, 64), 10 * index + window, dtype=np.uint8)).save(folder / image)
+            rows.append({**dict.fromkeys(MANIFEST_COLUMNS, ""), "image": image, "recording": recording,
+                         "window": str(window)})
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+def test_results_and_top_losses_are_drawn_linked_and_redrawn(run_folder, predictions, tmp_path, capsys):
+    spectrograms = _spectrograms_for(tmp_path / "spectrograms", predictions)
+    config = json.loads((run_folder / "config.json").read_text())
+    (run_folder / "config.json").write_text(json.dumps({**config, "spectrograms": str(spectrograms)}))
+    outside = snapshot(spectrograms)
+
+    assert _report(capsys, run_folder).returncode == 0
+    report = (run_folder / "report.md").read_text()
+    for name in ("results.png", "top_losses.png"):
+        _assert_png(run_folder / name)
+        assert f"]({name})" in report
+    assert snapshot(spectrograms) == outside  # read, never written
+
+    shutil.rmtree(spectrograms)  # the pictures stay as drawn; the report says they were not redrawn
+    for name in ("results.png", "top_losses.png"):
+        (run_folder / name).unlink()
+    result = _report(capsys, run_folder)
+    assert result.returncode == 0 and result.stderr == ""
+    report = (run_folder / "report.md").read_text()
+    assert f"The spectrograms folder {spectrograms} is gone" in report and "](results.png)" not in report
+
+
+def test_only_the_spectrograms_own_images_are_read(tmp_path):
+    from heartbeat.report import _first_windows, _read_window_image
+
+    folder = tmp_path / "spectrograms"
+    (folder / "images").mkdir(parents=True)
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(secret)
+    (folder / "images" / "link.png").symlink_to(secret)
+    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8)).save(folder / "images" / "own.png")
+    rows = [{"image": image, "recording": recording, "window": "0"}
+            for image, recording in (("../secret.png", "a.wav"), (str(secret), "b.wav"), ("images/sub/x.png", "c.wav"),
+                                     ("images/link.png", "d.wav"), ("images/own.png", "e.wav"))]
+    assert _first_windows(rows) == {"d.wav": "images/link.png", "e.wav": "images/own.png"}
+    assert _read_window_image(folder, "images/link.png") is None  # a link is never followed out
+    assert _read_window_image(folder, "images/own.png").tolist() == np.full((8, 8), 7).tolist()
+
+
+def test_no_module_of_the_package_sets_a_matplotlib_backend_or_uses_pyplot():
+    import re
+
+    package = Path(cli.__file__).parent
+    offenders = [path.name for path in sorted(package.glob("*.py"))
+                 if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot", path.read_text())]
+    assert offenders == []

@@ -19,7 +19,8 @@ import torch
 from badinput import REPO, CliResult, assert_one_line_error
 from conftest import record_initial_network
 from heartbeat import cli, model, split
-from heartbeat.train import TrainError, TrainSettings, bf16_available, read_spectrograms, train
+from heartbeat.device import cpu_has_bf16
+from heartbeat.train import TrainError, TrainSettings, read_spectrograms, train
 
 BODY_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
@@ -73,7 +74,7 @@ def batchnorm_layers(state: dict) -> list[str]:
 
 def test_run_folder_holds_everything(trained_run):
     run = trained_run["run"]
-    for name in ["config.json", "split.csv", "model.safetensors", "model.json", "model.onnx", "lr_find.png", "epochs.csv",
+    for name in ["config.json", "split.csv", "model.safetensors", "model.json", "model.onnx", "lr_find.png", "lr_find.csv", "epochs.csv",
                  "predictions.csv", "metrics.json", "confusion_matrix.png", "confusion_matrix.json", "report.md",
                  "training_curves.png"]:
         assert (run / name).is_file(), name
@@ -83,7 +84,14 @@ def test_run_folder_holds_everything(trained_run):
     assert {"torch", "fastai", "heartbeat"} <= set(config["versions"])
     head = git_head()  # the commit the run was trained from, "+dirty" with uncommitted changes
     assert re.fullmatch(re.escape(head) + r"(\+dirty)?", config["git_commit"]) if head else config["git_commit"] == "unknown"
-    assert config["body_precision"] == "fp32"  # no body pass in bf16 when training from scratch
+    ran = config["train_settings"]  # the settings that ran: from scratch, no body pass, the rate lr_find gave
+    assert (ran["mode"], ran["precision"], ran["device"]) == ("scratch", "n/a", "cpu") and ran["device_name"]
+    assert ran["lr"] == ran["lr_suggestion"] > 0
+    report = (run / "report.md").read_text()  # the report's Settings table shows the same
+    assert "| mode | scratch |" in report and f"| lr | {ran['lr']:.4g} |" in report and "| precision | n/a |" in report
+    assert json.loads((run / "metrics.json").read_text())["context"]["settings"] == ran
+    lr_curve = pd.read_csv(run / "lr_find.csv")  # what `heartbeat report` redraws lr_find.png from
+    assert list(lr_curve.columns) == ["lr", "loss"] and len(lr_curve) > 10 and lr_curve["lr"].is_monotonic_increasing
     assert len(pd.read_csv(run / "epochs.csv")) == 1
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ["error_rate", "accuracy", "balanced_accuracy", "macro_f1", "majority_baseline_accuracy", "n_recordings", "per_class"]:
@@ -162,9 +170,12 @@ def test_report_command_recomputes_the_same_metrics(trained_run, tmp_path, capsy
 def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_weights, tmp_path, monkeypatch):
     initial = record_initial_network(monkeypatch)
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
-    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
-    state = saved_state(run)
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     loaded = torch.load(standin_weights, weights_only=True)
+    # The lean folder holds the head alone; the body is rebuilt from the weights file (the ONNX export
+    # of the trained network is compared with this rebuilt one in test_model.py).
+    assert not (run / model.WEIGHTS_FILE).exists() and (run / model.HEAD_FILE).is_file()
+    state = model.load_model(run, pretrained_state=loaded)[0].state_dict()
     body = [key for key in loaded if not key.startswith("fc.")]
     assert all(torch.equal(state[body_key(key)], loaded[key]) for key in body), "the frozen body changed"
     assert all(torch.equal(initial[key], loaded[key]) for key in body), "the weights file was not what the body started from"
@@ -181,7 +192,7 @@ def test_no_pretrained_trains_the_whole_body(trained_run):
 
 def test_random_split_report_states_the_leak(trained_run, standin_weights, tmp_path):
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, split="random", seed=3)
-    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     split = pd.read_csv(run / "split.csv")
     leaked = int((split.groupby("patient_id")["split"].nunique() > 1).sum())
     assert leaked > 0
@@ -294,7 +305,7 @@ def finetune_run(trained_run, standin_weights, tmp_path_factory):
         patch.setattr(Learner, "unfreeze", unfreeze_recording_the_state)
         patch.setattr(Learner, "lr_find", short_lr_find)
         run = train(trained_run["spectrograms"], tmp_path_factory.mktemp("finetune") / "run", settings,
-                    split_table=split_table, progress=False)
+                    split_table=split_table, progress=False).run_dir
     return {"run": run, "split": split_table, "at_unfreeze": at_unfreeze}
 
 
@@ -341,13 +352,13 @@ def test_unfreeze_epochs_train_the_whole_body(finetune_run, standin_weights):
     assert json.loads((finetune_run["run"] / "config.json").read_text())["train_settings"]["unfreeze_epochs"] == 1
 
 
-@pytest.mark.skipif(not bf16_available(), reason="torch says this CPU has no bf16")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="torch says this CPU has no bf16")
 def test_bf16_body_pass_runs_and_is_recorded(trained_run, standin_weights, tmp_path):
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, precision="bf16")
-    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
 
     config = json.loads((run / "config.json").read_text())
-    assert (config["train_settings"]["precision"], config["body_precision"]) == ("bf16", "bf16")
+    assert config["train_settings"]["precision"] == "bf16"
     # The head was scored on bf16 features: close to what the fp32 model (predict's) gives, but not equal.
     saved, recomputed = recomputed_probabilities(run, trained_run["spectrograms"])
     difference = np.abs(saved - recomputed).max()

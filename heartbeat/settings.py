@@ -1,0 +1,200 @@
+"""What a training run is asked to do: TrainSettings, each field's flag, default, choices, check and help in one place.
+
+cli.py builds the `train` and `cv` flags from the fields' metadata in a loop, and library callers
+get the same checks from TrainSettings.validate. After training, `resolved` turns the settings
+asked for into the settings that ran (mode "scratch" without pretrained weights, the precision
+only where it applies, the learning rate used beside lr_find's suggestion): what config.json,
+metrics.json and the reports show.
+
+Only the standard library is imported: `heartbeat train --help` must answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which fastai's set_seed calls, takes 0 .. 2**32-1
+MAX_IMAGE_SIZE = 2048  # 4x the published 512 px; one batch of ResNet-34 activations beyond it outgrows a workstation
+NOT_APPLICABLE = "n/a"  # a resolved setting that the run's mode does not use
+
+
+class TrainError(RuntimeError):
+    """A problem the user can fix (missing manifest, mismatched settings); one-line message."""
+
+
+# ---------------------------------------------------------------- checks of one value (argparse types)
+
+def whole_number(text: str, low: int, high: int | None = None) -> int:
+    """An integer in [low, high]; ArgumentTypeError otherwise (argparse then names the flag in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number(text, 0)
+
+
+def seed_number(text: str) -> int:
+    return whole_number(text, 0, MAX_SEED)
+
+
+def image_pixels(text: str) -> int:
+    return whole_number(text, 1, MAX_IMAGE_SIZE)
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:  # a negative rate climbs the loss: a diverged model
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = finite_float(text)
+    if not 0 < value < 1:  # both sides of the split need recordings
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    return value
+
+
+def run_name(text: str) -> str:
+    """--name: part of one folder's name, so never a path (no '/'), nor hidden (temporary names start with '.')."""
+    if not _is_plain_name(text):
+        raise argparse.ArgumentTypeError(f"must be a plain name (no '/', not starting with '.'), got {text!r}")
+    return text
+
+
+def _is_plain_name(text: str) -> bool:
+    return "/" not in text and "\0" not in text and not text.startswith(".")
+
+
+# ---------------------------------------------------------------- the settings
+
+def setting(default, flag: str, help: str, *, commands=("train", "cv"), exclusive: str | None = None, **options):
+    """A TrainSettings field with its command-line flag: argparse options (type, choices, action, metavar) and help.
+
+    `commands`: the commands that have the flag; `exclusive`: flags sharing this name are mutually exclusive.
+    """
+    metadata = {"flag": flag, "help": help, "commands": commands, "exclusive": exclusive, "options": options}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+MODE_HELP = ("features: frozen body run once, head trained on its outputs (default, fast); finetune: fastai's frozen "
+             "body with trainable BatchNorm, as published; with --no-pretrained the whole network trains from scratch")
+PRECISION_HELP = ("body forward pass in features mode: fp32 (default; the report then matches predict), bf16 (faster on "
+                  "CPUs with bf16 instructions; report and predict can differ slightly), auto (bf16 where the device "
+                  "has it, fp16 on GPUs without bf16)")
+
+
+@dataclass
+class TrainSettings:
+    # "patient": no patient on both sides (honest); "random": the published protocol
+    split: str = setting("patient", "--split", "patient: grouped by patient, no patient on both sides (default); random: "
+                         "the published 70:30 by recording, patients leak", choices=("patient", "random"))
+    valid_fraction: float = setting(0.3, "--valid-fraction", "share of recordings for validation (default: %(default)s, "
+                                    "as published)", type=fraction)
+    seed: int = setting(42, "--seed", f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)",
+                        type=seed_number)
+    epochs: int = setting(5, "--epochs", "one-cycle epochs (default: %(default)s, as published)", type=positive_int)
+    batch_size: int = setting(4, "--bs", "batch size (default: %(default)s, as published)", type=positive_int)
+    image_size: int = setting(512, "--image-size", f"network input size in px, 1 to {MAX_IMAGE_SIZE}; images are resized "
+                              "(default: %(default)s, the spectrograms at full size, as published)", type=image_pixels)
+    # ImageNet body (frozen); False: train the whole network from scratch
+    pretrained: bool = setting(True, "--no-pretrained", "no ImageNet weights: train the whole network from scratch",
+                               exclusive="weights", action="store_false")
+    weights: str | None = setting(None, "--weights", "ResNet-34 state dict in torchvision's format (default: the torch "
+                                  "hub cache under TORCH_HOME, downloaded there if missing)", exclusive="weights",
+                                  metavar="PATH")
+    offline: bool = setting(False, "--offline", "never download ImageNet weights missing from the hub cache "
+                            "(as HEARTBEAT_OFFLINE=1)", action="store_true")
+    mode: str = setting("features", "--mode", MODE_HELP, choices=("features", "finetune"))
+    lr: float | None = setting(None, "--lr", "learning rate (default: lr_find's suggestion, as published)",
+                               type=learning_rate)
+    unfreeze_epochs: int = setting(0, "--unfreeze-epochs", "optional second stage: unfreeze and train N more epochs "
+                                   "with discriminative rates (default: %(default)s)", type=non_negative_int)
+    balance: str = setting("none", "--balance", "class imbalance: none (published), inverse-frequency loss weights, or "
+                           "oversampling rare classes", choices=("none", "weights", "oversample"))
+    # fp32 (default): the report's probabilities are the ones predict (fp32 ONNX) gives; bf16 / auto are faster,
+    # but the head then learns and is scored on reduced-precision features that predict never sees.
+    precision: str = setting("fp32", "--precision", PRECISION_HELP, choices=("fp32", "bf16", "auto"))
+    device: str = setting("auto", "--device", "where stage 2 runs: auto (CUDA if available, then Apple MPS, then the "
+                          "CPU; default), cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
+    name: str = setting("", "--name", "short name in the run folder's name", commands=("train",), type=run_name)
+
+    def validate(self) -> None:
+        """ValueError naming the command-line flag of the first setting out of its range (for library callers)."""
+        for field in dataclasses.fields(self):
+            allowed = field.metadata["options"].get("choices")
+            if allowed and getattr(self, field.name) not in allowed:
+                raise ValueError(f"{field.metadata['flag']} must be one of {', '.join(allowed)}, "
+                                 f"not {getattr(self, field.name)!r}")
+        if not 0 < self.valid_fraction < 1:  # also refuses NaN
+            raise ValueError(f"--valid-fraction must be between 0 and 1 (both excluded), not {self.valid_fraction}")
+        whole_numbers = {"--seed": (self.seed, 0, MAX_SEED), "--epochs": (self.epochs, 1, None),
+                         "--bs": (self.batch_size, 1, None), "--image-size": (self.image_size, 1, MAX_IMAGE_SIZE),
+                         "--unfreeze-epochs": (self.unfreeze_epochs, 0, None)}
+        for flag, (value, low, high) in whole_numbers.items():
+            whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if not whole or value < low or (high is not None and value > high):
+                bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+                raise ValueError(f"{flag} must be a whole number {bounds}, not {value!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive finite number, not {self.lr!r}")
+        if not _is_plain_name(self.name):  # part of a folder's name, never a path
+            raise ValueError(f"--name must be a plain name (no '/', not starting with '.'), not {self.name!r}")
+        self.check_combination()
+
+    def check_combination(self) -> None:
+        """ValueError for flags that would do nothing together: the run would not be the one asked for."""
+        if not self.pretrained and self.mode == "finetune":
+            raise ValueError("--mode finetune does nothing with --no-pretrained (there is no pretrained body to "
+                             "fine-tune; the whole network trains from scratch): drop one of them")
+        if self.precision != "fp32" and self.training_mode() != "features":
+            raise ValueError(f"--precision {self.precision} applies only to the frozen body's pass of --mode features "
+                             f"with pretrained weights; it does nothing with "
+                             f"{'--no-pretrained' if not self.pretrained else '--mode finetune'}: drop it")
+
+    def training_mode(self) -> str:
+        """The mode that runs: "features", "finetune", or "scratch" (no pretrained body to freeze)."""
+        return self.mode if self.pretrained else "scratch"
+
+
+def settings_from_arguments(arguments: argparse.Namespace, command: str) -> TrainSettings:
+    """TrainSettings from parsed arguments: each field's flag stores into the field's own name."""
+    return TrainSettings(**{field.name: getattr(arguments, field.name) for field in dataclasses.fields(TrainSettings)
+                            if command in field.metadata["commands"]})
+
+
+def resolved(settings: TrainSettings, *, device: str, device_name: str, precision: str, lr: float,
+             lr_suggestion: float) -> dict:
+    """The settings that ran: the mode that ran, the device it ran on, the precision where it applies, the rate used.
+
+    `precision` is the features pass's resolved precision ("fp32", "bf16", "fp16"); outside
+    features mode there is no such pass and the setting is "n/a".
+    """
+    mode = settings.training_mode()
+    return {**dataclasses.asdict(settings), "mode": mode, "device": device, "device_name": device_name,
+            "precision": precision if mode == "features" else NOT_APPLICABLE, "lr": lr, "lr_suggestion": lr_suggestion}

@@ -1,0 +1,114 @@
+"""heartbeat.model: the lean run folder (which weights are saved) and load_model's two ways back to the network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from heartbeat import model
+from heartbeat.predict import load_predictor
+from heartbeat.train import TrainSettings, train
+
+
+@pytest.fixture(scope="module")
+def features_run(trained_run, standin_weights, tmp_path_factory):
+    """A features-mode run (stand-in body, 32 px, 1 epoch); its body features are cached beside the spectrograms."""
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
+    return train(trained_run["spectrograms"], tmp_path_factory.mktemp("features") / "run", settings, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def standin_state(standin_weights):
+    return model.load_pretrained_state(str(standin_weights))[0]
+
+
+def random_windows(size: int, count: int = 4) -> list[np.ndarray]:
+    return list(np.random.default_rng(0).integers(0, 256, size=(count, size, size), dtype=np.uint8))
+
+
+def classifier_probabilities(network, images) -> np.ndarray:
+    with torch.no_grad():
+        return model.Classifier(network).eval()(model.images_to_tensor(images)).numpy()
+
+
+def test_a_run_that_trained_its_body_keeps_the_whole_network(trained_run):
+    from safetensors.torch import load_file
+
+    run = trained_run["run"]  # from scratch: every layer trained
+    network, info = model.load_model(run)
+    assert info["body_trained"] is True and info["weights_file"] == model.WEIGHTS_FILE
+    assert not (run / model.HEAD_FILE).exists()
+    saved, state = load_file(str(run / model.WEIGHTS_FILE)), network.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[key], saved[key]) for key in saved)
+
+
+def test_a_features_mode_run_stores_the_head_alone_and_the_body_digest(features_run, standin_state):
+    assert not (features_run / model.WEIGHTS_FILE).exists()
+    info = json.loads((features_run / model.MODEL_FILE).read_text())
+    assert info["body_trained"] is False and info["weights_file"] == model.HEAD_FILE
+    assert info["body_state_digest"] == model.state_digest(standin_state)
+    # One full copy of the network (the ONNX for predict); the head is a few percent of it.
+    head_bytes = (features_run / model.HEAD_FILE).stat().st_size
+    assert head_bytes < 0.05 * (features_run / "model.onnx.data").stat().st_size
+
+
+def test_load_model_rebuilds_the_trained_features_mode_network(features_run, standin_state):
+    network, info = model.load_model(features_run, pretrained_state=standin_state)
+    assert not network.training
+    images = random_windows(info["image_size"])
+    # The ONNX was exported from the network as trained, in memory: the rebuilt one answers the same,
+    # so the head round-trips and the frozen body is the pretrained one, unchanged by training.
+    expected = load_predictor(features_run).window_probabilities(images)
+    np.testing.assert_allclose(classifier_probabilities(network, images), expected, atol=1e-4, rtol=0)
+    # Without a state given, the weights file named in config.json is read: the same network.
+    again, _ = model.load_model(features_run)
+    state = network.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in again.state_dict().items())
+
+
+def test_another_pretrained_body_is_refused_in_one_line(features_run, standin_state):
+    other = {key: value.clone() for key, value in standin_state.items()}
+    other["layer4.2.conv2.weight"][0, 0, 0, 0] += 1e-3  # one weight of 21 million differs
+    with pytest.raises(model.ModelError) as raised:
+        model.load_model(features_run, pretrained_state=other)
+    message = str(raised.value)
+    assert "\n" not in message and str(features_run / model.MODEL_FILE) in message
+    assert model.state_digest(other) in message and model.state_digest(standin_state) in message
+
+
+def test_an_unavailable_pretrained_body_is_one_line_naming_the_files(features_run, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in (model.MODEL_FILE, model.HEAD_FILE, "config.json"):  # what load_model reads
+        shutil.copy(features_run / name, copy / name)
+    config = json.loads((copy / "config.json").read_text())
+    missing = tmp_path / "moved-away.pth"
+    config["train_settings"]["weights"] = str(missing)
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(model.ModelError) as raised:
+        model.load_model(copy)
+    message = str(raised.value)
+    assert "\n" not in message and str(copy / model.HEAD_FILE) in message and str(missing) in message
+
+
+def test_training_writes_the_prediction_pictures_and_links_them(features_run):
+    report = (features_run / "report.md").read_text()
+    for name in ("results.png", "top_losses.png"):
+        assert (features_run / name).stat().st_size > 0 and f"]({name})" in report
+
+
+def test_imagenet_normalisation_is_torchvisions_on_the_inputs_device_and_dtype():
+    from torchvision.transforms import Normalize
+
+    rgb = torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    normalised = model.imagenet_normalise(rgb)
+    assert normalised.dtype == torch.float64 and normalised.device == rgb.device
+    torch.testing.assert_close(normalised, Normalize(model.IMAGENET_MEAN, model.IMAGENET_STD)(rgb))
+    grey = torch.rand(2, 1, 5, 5)
+    # The Classifier copies the one channel to three and normalises it before the network (here: flatten).
+    expected = torch.softmax(torch.flatten(Normalize(model.IMAGENET_MEAN, model.IMAGENET_STD)(grey.expand(-1, 3, -1, -1)), 1), 1)
+    torch.testing.assert_close(model.Classifier(torch.nn.Flatten())(grey), expected)
