@@ -123,19 +123,12 @@ def _leaves(real_root: Path, path: Path) -> bool:
     return not _real(path).is_relative_to(real_root)
 
 
-def _required_file(root: Path, real_root: Path, name: str, layout: str) -> Path:
+def _required(root: Path, real_root: Path, name: str, layout: str, *, folder: bool = False) -> Path:
+    """root/name, which the layout needs as a file (or a folder), and which must not lead outside the data folder."""
     path = root / name
-    if not path.is_file():
-        raise LayoutError(f"{path}: not found (the {layout} layout needs it)")
-    if _leaves(real_root, path):
-        raise LayoutError(f"{path}: refused, a symbolic link leading outside the data folder")
-    return path
-
-
-def _required_folder(root: Path, real_root: Path, name: str, layout: str) -> Path:
-    path = root / name
-    if not path.is_dir():
-        raise LayoutError(f"{path}: not found (the {layout} layout needs the folder {name}/)")
+    if not (path.is_dir() if folder else path.is_file()):
+        what = f"the folder {name}/" if folder else "it"
+        raise LayoutError(f"{path}: not found (the {layout} layout needs {what})")
     if _leaves(real_root, path):
         raise LayoutError(f"{path}: refused, a symbolic link leading outside the data folder")
     return path
@@ -244,8 +237,8 @@ def read_pascal_a(data_dir: str | os.PathLike) -> list[Recording]:
     """
     root = _data_folder(data_dir)
     real_root = _real(root)
-    csv_path = _required_file(root, real_root, PASCAL_A_CSV, "pascal-a")
-    audio_dir = _required_folder(root, real_root, PASCAL_A_AUDIO, "pascal-a")
+    csv_path = _required(root, real_root, PASCAL_A_CSV, "pascal-a")
+    audio_dir = _required(root, real_root, PASCAL_A_AUDIO, "pascal-a", folder=True)
     _, rows = _read_table(csv_path, ("fname", "label", "sublabel"))
     on_disk = _audio_names(audio_dir)
     problems: list[str] = []
@@ -386,8 +379,8 @@ def read_circor2022(data_dir: str | os.PathLike) -> list[Recording]:
     """
     root = _data_folder(data_dir)
     real_root = _real(root)
-    csv_path = _required_file(root, real_root, CIRCOR_CSV, "circor2022")
-    audio_dir = _required_folder(root, real_root, CIRCOR_AUDIO, "circor2022")
+    csv_path = _required(root, real_root, CIRCOR_CSV, "circor2022")
+    audio_dir = _required(root, real_root, CIRCOR_AUDIO, "circor2022", folder=True)
     _, rows = _read_table(csv_path, CIRCOR_COLUMNS)
     problems: list[str] = []
     patients: dict[str, dict[str, str]] = {}
@@ -555,7 +548,7 @@ def _read_labels_csv(data_dir: str | os.PathLike) -> tuple[list[Recording], bool
     """
     root = _data_folder(data_dir)
     real_root = _real(root)
-    csv_path = _required_file(root, real_root, LABELS_CSV, "csv")
+    csv_path = _required(root, real_root, LABELS_CSV, "csv")
     columns, rows = _read_table(csv_path, LABELS_COLUMNS)
     has_patient = PATIENT_COLUMN in columns
     extra_columns = [name for name in columns if name and name not in (*LABELS_COLUMNS, PATIENT_COLUMN)]
