@@ -4,7 +4,8 @@
 run per fold with `heartbeat.train.train` and the same settings (the frozen body's outputs
 are cached, so they are computed once for all folds), collects every out-of-fold prediction
 and summarises each figure over folds (mean, standard deviation, 95 % t-interval) beside the
-majority baseline's.
+majority baseline's and the classical baseline's (heartbeat.baseline: log-mel band statistics
+and logistic regression, fit on the same training recordings of every run).
 
 Protocols:
 - "patient" (default): stratified group k-fold by patient; every labelled recording is
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from heartbeat import split
+from heartbeat.baseline import classical_predictions, recording_features
 from heartbeat.device import resolve_device
 from heartbeat.fileio import atomic_directory, atomic_write_json, atomic_write_text, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics, summarise_folds
@@ -37,6 +39,7 @@ SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
     "macro_f1": lambda m: m["macro_f1"],
     "youden": lambda m: m["heart_problem"]["youden"],
 }
+CLASSICAL_TITLE = "classical baseline (log-mel band statistics + logistic regression)"
 PER_RUN = "per run"  # a resolved setting that differs between runs (the seed; lr_find's rate): see the per-run table
 
 
@@ -72,7 +75,8 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
         dataclasses.replace(settings, seed=seed).validate()  # the same range as --seed
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds must not repeat a seed (each seed's runs get their own folders), not {seeds}")
-    recordings = split.recordings_table(read_spectrograms(spectrograms_dir))
+    windows = read_spectrograms(spectrograms_dir)
+    recordings = split.recordings_table(windows)
     try:
         runs = list(fold_splits(recordings, protocol, folds, seeds, settings.valid_fraction))
     except ValueError as error:  # more folds than patients
@@ -85,27 +89,51 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
         feature_cache_dir(spectrograms_dir)
     if os.path.lexists(out_dir):  # a dangling link too: the finished folder would be renamed onto it
         raise TrainError(f"{out_dir}: already exists (choose another --out)")
+    features = classical_features(spectrograms_dir, windows)  # once per CV: every run picks its recordings' rows
     prepare_output_folder(out_dir.parent, out_dir)
     remove_dead_leftovers(out_dir.parent, prefix=f".{out_dir.name}.")  # what a killed cv left, once its writer is dead
     with atomic_directory(out_dir) as work_dir:
         results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
-                               progress=progress) for seed, fold, split_table in runs]
+                               features=features, progress=progress) for seed, fold, split_table in runs]
         return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds)
 
 
+def classical_features(spectrograms_dir: Path, windows: pd.DataFrame) -> pd.DataFrame:
+    """The classical baseline's features, one row per recording (indexed by name); TrainError for an unreadable image."""
+    try:
+        names, matrix = recording_features(spectrograms_dir, windows)
+    except ValueError as error:  # the message names the image
+        raise TrainError(str(error)) from None
+    return pd.DataFrame(matrix, index=names)
+
+
+def classical_run(features: pd.DataFrame, split_table: pd.DataFrame, classes: list[str], seed: int) -> pd.DataFrame:
+    """The classical baseline's prediction for every validation recording of one run, fit on its training side only."""
+    train_side = split_table[split_table["split"] == "train"]
+    valid_side = split_table[split_table["split"] == "valid"]
+    probabilities = classical_predictions(features.loc[train_side["recording"]].to_numpy(), train_side["label"].tolist(),
+                                          features.loc[valid_side["recording"]].to_numpy(), classes, seed)
+    return pd.DataFrame({"recording": valid_side["recording"].to_numpy(),
+                         "classical_predicted": np.asarray(classes)[probabilities.argmax(axis=1)]})
+
+
 def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings, *, seed: int, fold: int,
-                split_table: pd.DataFrame, progress: bool) -> dict:
+                split_table: pd.DataFrame, features: pd.DataFrame, progress: bool) -> dict:
     """One run of the protocol in work_dir/runs/seed<seed>-fold<fold>: its out-of-fold predictions and summary row."""
     result = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", dataclasses.replace(settings, seed=seed),
                    split_table=split_table, progress=progress)
     metrics = result.metrics
     row = {"seed": seed, "fold": fold, "n_recordings": metrics["n_recordings"],
            "leaked_patients": split.leaked_patients(split_table), "lr": result.settings["lr"]}
+    classical = classical_run(features, split_table, result.classes, seed)
+    oof = result.predictions.assign(fold=fold, seed=seed).merge(classical, on="recording", how="left")
+    classical_metrics = classification_metrics(oof["label"].tolist(), oof["classical_predicted"].tolist(), result.classes,
+                                               majority_class=metrics["majority_baseline"]["class"])
     for name, read in SUMMARY_FIGURES.items():
         row[name] = read(metrics)
         row[f"baseline_{name}"] = read(metrics["majority_baseline"])
-    return {"oof": result.predictions.assign(fold=fold, seed=seed), "row": row, "classes": result.classes,
-            "settings": result.settings}
+        row[f"classical_{name}"] = read(classical_metrics)
+    return {"oof": oof, "row": row, "classes": result.classes, "settings": result.settings}
 
 
 def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict], *, protocol: str, folds: int,
@@ -113,7 +141,8 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
     """oof.csv, folds.csv, summary.json, the pooled confusion matrix, folds.png and report.md; returns the summary."""
     classes = results[0]["classes"]
     columns = ["recording", "patient_id", "label", "fold", "seed", "predicted", "windows"]
-    oof = pd.concat([result["oof"] for result in results], ignore_index=True)[columns + [f"prob_{name}" for name in classes]]
+    oof = pd.concat([result["oof"] for result in results], ignore_index=True)[
+        columns + [f"prob_{name}" for name in classes] + ["classical_predicted"]]
     atomic_write_text(work_dir / "oof.csv", oof.to_csv(index=False))
     per_fold = pd.DataFrame([result["row"] for result in results])
     atomic_write_text(work_dir / "folds.csv", per_fold.to_csv(index=False))
@@ -121,12 +150,14 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
     summary = summarise(per_fold)
     majority = recordings["label"].value_counts().idxmax()
     pooled = classification_metrics(oof["label"].tolist(), oof["predicted"].tolist(), classes, majority_class=majority)
+    classical_pooled = classification_metrics(oof["label"].tolist(), oof["classical_predicted"].tolist(), classes,
+                                              majority_class=majority)
     settings = common_settings([result["settings"] for result in results])
     summary.update({
         "protocol": protocol, "folds": folds if protocol == "patient" else 1, "seeds": seeds,
         "n_runs": len(per_fold), "n_recordings": int(len(recordings)), "n_oof_predictions": int(len(oof)),
         "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": settings,
-        "pooled_oof": pooled,
+        "pooled_oof": pooled, "classical_pooled_oof": classical_pooled,
     })
     atomic_write_json(work_dir / "summary.json", summary)
     matrix = pooled["confusion_matrix"]["matrix"]
@@ -146,14 +177,23 @@ def common_settings(runs: list[dict]) -> dict:
 
 
 def summarise(per_fold: pd.DataFrame) -> dict:
-    """Mean, std and 95 % interval over runs of every figure and of its majority baseline."""
+    """Mean, std and 95 % interval over runs of every figure, of its majority baseline and of its classical baseline."""
     summary = {}
     for name in SUMMARY_FIGURES:
-        values = [float(value) for value in per_fold[name] if value is not None and not pd.isna(value)]
-        baseline = [float(value) for value in per_fold[f"baseline_{name}"] if value is not None and not pd.isna(value)]
-        summary[name] = summarise_folds(values) if values else None
-        summary[f"baseline_{name}"] = summarise_folds(baseline) if baseline else None
+        for key in (name, f"baseline_{name}", f"classical_{name}"):
+            values = [float(value) for value in per_fold[key] if value is not None and not pd.isna(value)]
+            summary[key] = summarise_folds(values) if values else None
     return summary
+
+
+def classical_verdict(summary: dict) -> str:
+    """One sentence: whether the CNN's mean balanced accuracy is above the classical baseline's."""
+    model, classical = summary["balanced_accuracy"], summary["classical_balanced_accuracy"]
+    if model is None or classical is None:
+        return "The CNN and the classical baseline cannot be compared: balanced accuracy is missing."
+    verb = "beats" if model["mean"] > classical["mean"] else "does not beat"
+    return (f"The CNN {verb} the classical baseline on balanced accuracy (mean {model['mean']:.3f} against "
+            f"{classical['mean']:.3f}).")
 
 
 def _protocol_name(protocol: str) -> str:
@@ -179,10 +219,12 @@ def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: di
     else:
         lines.append("Folds are grouped by patient: no patient is in two folds, and every recording is predicted once per "
                      "seed by a model that never heard its patient.")
-    lines += ["", "| figure | model | majority baseline |", "|---|---|---|"]
+    lines += ["", f"| figure | model | majority baseline | {CLASSICAL_TITLE} |", "|---|---|---|---|"]
     for name, title in [("error_rate", "error rate"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"),
                         ("youden", "heart-problem Youden index")]:
-        lines.append(f"| {title} | {interval(summary[name])} | {interval(summary['baseline_' + name])} |")
+        lines.append(f"| {title} | {interval(summary[name])} | {interval(summary['baseline_' + name])} | "
+                     f"{interval(summary['classical_' + name])} |")
+    lines += ["", classical_verdict(summary)]
     lines += ["", "## Per run", "", "| seed | fold | recordings | error rate | balanced accuracy | macro-F1 | Youden | "
               "baseline error rate | leaked patients | learning rate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in per_fold.itertuples():
