@@ -117,51 +117,12 @@ def read_dataset(data_dir: str | Path, *, audio_info: bool = False) -> list[Reco
     seen_fnames: dict[str, int] = {}
     claimed_files: dict[str, int] = {}
     for line_number, row in enumerate(rows, start=2):  # line 1 is the header
-        fname, label, sublabel = row["fname"], row["label"], row["sublabel"]
-        where = f"line {line_number} ({fname or 'empty fname'})"
-        if not fname:
-            problems.append(f"{where}: empty fname")
-            continue
-        if fname in seen_fnames:
-            problems.append(f"{where}: duplicate of line {seen_fnames[fname]}")
-            continue
-        seen_fnames[fname] = line_number
-        if label and label not in CLASSES:
-            problems.append(f"{where}: unknown label {label!r} (expected one of {', '.join(CLASSES)} or empty)")
-            continue
-        relative = _safe_relative(fname)
-        if relative is None:
-            problems.append(f"{where}: refused, the path leaves the data folder")
-            continue
-        if relative.parent not in (PurePosixPath(AUDIO_DIR), PurePosixPath(".")):
-            problems.append(f"{where}: not inside {AUDIO_DIR}/")
-            continue
-        file_name = next(
-            (name for name in disk_name_candidates(relative.name, label, sublabel) if name in disk_files), None
-        )
-        if file_name is None:
-            problems.append(f"{where}: no matching file in {AUDIO_DIR}/")
-            continue
-        if file_name in claimed_files:
-            problems.append(f"{where}: names the same file as line {claimed_files[file_name]} ({file_name})")
-            continue
-        claimed_files[file_name] = line_number
-        try:
-            patient_id, timestamp, position = parse_tail(file_name)
-        except ValueError as error:
-            problems.append(f"{where}: {error}")
-            continue
-        recordings.append(
-            Recording(
-                path=audio_dir / file_name,
-                fname=fname,
-                label=label or None,
-                sublabel=sublabel or None,
-                patient_id=patient_id,
-                timestamp=timestamp,
-                position=position,
-            )
-        )
+        where = f"line {line_number} ({row['fname'] or 'empty fname'})"
+        result = _row_recording(row, line_number, audio_dir, disk_files, seen_fnames, claimed_files)
+        if isinstance(result, str):
+            problems.append(f"{where}: {result}")
+        else:
+            recordings.append(result)
     problems += [f"{AUDIO_DIR}/{name}: no row in {CSV_NAME}" for name in sorted(disk_files - set(claimed_files))]
     if problems:
         listed = "; ".join(problems[:_MAX_LISTED])
@@ -170,6 +131,40 @@ def read_dataset(data_dir: str | Path, *, audio_info: bool = False) -> list[Reco
     if audio_info:
         recordings = [_with_audio_info(recording) for recording in recordings]
     return recordings
+
+
+def _row_recording(row: dict[str, str], line_number: int, audio_dir: Path, disk_files: set[str],
+                   seen_fnames: dict[str, int], claimed_files: dict[str, int]) -> Recording | str:
+    """The recording one csv row names, or what is wrong with the row (a phrase for the error list).
+
+    Records the row's fname and file in seen_fnames / claimed_files, so that later rows naming
+    them again are reported as duplicates.
+    """
+    fname, label, sublabel = row["fname"], row["label"], row["sublabel"]
+    if not fname:
+        return "empty fname"
+    if fname in seen_fnames:
+        return f"duplicate of line {seen_fnames[fname]}"
+    seen_fnames[fname] = line_number
+    if label and label not in CLASSES:
+        return f"unknown label {label!r} (expected one of {', '.join(CLASSES)} or empty)"
+    relative = _safe_relative(fname)
+    if relative is None:
+        return "refused, the path leaves the data folder"
+    if relative.parent not in (PurePosixPath(AUDIO_DIR), PurePosixPath(".")):
+        return f"not inside {AUDIO_DIR}/"
+    file_name = next((name for name in disk_name_candidates(relative.name, label, sublabel) if name in disk_files), None)
+    if file_name is None:
+        return f"no matching file in {AUDIO_DIR}/"
+    if file_name in claimed_files:
+        return f"names the same file as line {claimed_files[file_name]} ({file_name})"
+    claimed_files[file_name] = line_number
+    try:
+        patient_id, timestamp, position = parse_tail(file_name)
+    except ValueError as error:
+        return str(error)
+    return Recording(path=audio_dir / file_name, fname=fname, label=label or None, sublabel=sublabel or None,
+                     patient_id=patient_id, timestamp=timestamp, position=position)
 
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
