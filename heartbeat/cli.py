@@ -313,30 +313,44 @@ def _cv_headline(summary: dict, out_dir) -> str:
             f"report: {out_dir}/report.md")
 
 
+# The layouts heartbeat.layouts reads (a test checks the two agree; importing it here would slow --help).
+SYNTH_FORMATS = ("pascal-b", "pascal-a", "physionet2016", "circor2022", "folders", "csv")
+
+
 def _add_synth(commands) -> None:
     parser = commands.add_parser(
-        "synth", help="write a small synthetic Dataset-B-shaped folder (heartbeat-like sounds) for the demo and tests",
+        "synth", help="write a small synthetic heart-sound folder (Dataset B's layout or another) for the demo and tests",
         description=(
-            "Write OUT/set_b.csv and OUT/set_b/*.wav shaped like the real download, file-name quirks included: "
-            "S1/S2 thumps, murmurs as band-limited noise in systole, extrastoles as premature beats; several "
-            "patients with several recordings each. Deterministic for a given --seed. Offline."
+            "Write a small folder of heartbeat-like recordings (S1/S2 thumps, murmurs as band-limited noise in "
+            "systole, extrastoles as premature beats; several patients with several recordings each) in one of "
+            "the public datasets' layouts, quirks included. The default is Dataset B's: OUT/set_b.csv and "
+            "OUT/set_b/*.wav with the real download's file-name quirks. Deterministic for a given --seed. Offline."
         ),
     )
     parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--format", choices=SYNTH_FORMATS, default="pascal-b",
+                        help="the layout to write (default: %(default)s, Dataset B)")
     parser.add_argument("--patients", type=_positive_int, default=24, help="number of patients (default: %(default)s)")
     parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default: %(default)s)")
     parser.set_defaults(run=_run_synth)
 
 
 def _run_synth(args) -> int:
-    from heartbeat.synth import write_dataset_b
+    from heartbeat.synth import write_dataset_b, write_layout
 
     try:
-        root = write_dataset_b(args.out, n_patients=args.patients, seed=args.seed)
+        if args.format == "pascal-b":
+            root = write_dataset_b(args.out, n_patients=args.patients, seed=args.seed)
+        else:
+            root = write_layout(args.out, args.format, n_patients=args.patients, seed=args.seed)
     except OSError as error:  # --out is a file, lies under one, or cannot be written
         raise UserError(f"{args.out}: cannot write the dataset there ({error.strerror or error})") from None
-    rows = (root / "set_b.csv").read_text().count("\n") - 1
-    print(f"synth: {rows} recordings from {args.patients} patients -> {root}/set_b.csv, {root}/set_b/")
+    if args.format == "pascal-b":
+        rows = (root / "set_b.csv").read_text().count("\n") - 1
+        print(f"synth: {rows} recordings from {args.patients} patients -> {root}/set_b.csv, {root}/set_b/")
+    else:
+        recordings = sum(1 for _ in Path(root).rglob("*.wav"))
+        print(f"synth: {recordings} recordings from {args.patients} patients in the {args.format} layout -> {root}")
     return 0
 
 
