@@ -282,7 +282,7 @@ def _add_cv(commands) -> None:
         description=(
             "Train one run per fold exactly as 'heartbeat train' does, collect every out-of-fold prediction (oof.csv) "
             "and summarise error rate, balanced accuracy, macro-F1 and the heart-problem Youden index over folds "
-            "(mean, std, 95%% interval) beside the majority baseline and a classical baseline (log-mel band "
+            "(mean, std, 95 % interval) beside the majority baseline and a classical baseline (log-mel band "
             "statistics + logistic regression, fit on the same folds). --protocol published repeats the blog's random "
             "70:30 split by recording over the seeds instead."
         ),
