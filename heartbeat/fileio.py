@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -125,6 +126,17 @@ def remove_dead_leftovers(folder: str | os.PathLike, prefix: str = ".") -> list[
         finally:
             os.close(fd)
     return removed
+
+
+def entry_kind(path: str | os.PathLike) -> str:
+    """"file" for a regular file itself, "absent", or "other" (a link, which could point anywhere; a folder; a FIFO)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "absent"
+    except OSError:  # a name too long, say: nothing this project wrote
+        return "other"
+    return "file" if stat.S_ISREG(mode) else "other"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

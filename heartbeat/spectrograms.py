@@ -34,7 +34,7 @@ from pathlib import Path
 
 from heartbeat import audio
 from heartbeat.dataset import Recording, read_dataset
-from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_dead_leftovers
+from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, entry_kind, atomic_write_json, atomic_write_text, remove_dead_leftovers
 
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "audio_settings.json"
@@ -146,17 +146,6 @@ def is_own_image(image: str) -> bool:
     return match is not None and not TEMP_NAME.match(match["name"])
 
 
-def _entry_kind(path: str | Path) -> str:
-    """"file" for a regular file itself, "absent", or "other" (a link, which could point anywhere; a folder; a FIFO)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return "absent"
-    except OSError:  # a name too long, say: nothing this stage wrote
-        return "other"
-    return "file" if stat.S_ISREG(mode) else "other"
-
-
 def read_manifest(path: Path) -> list[dict]:
     """The rows of a manifest this stage wrote. Raises ManifestError for anything else.
 
@@ -215,7 +204,7 @@ def _sort_old_images(previous: dict[str, list[dict]], out_dir: Path) -> tuple[se
     folder = str(out_dir)  # os.path.join: a Path per row costs more than the lstat
     for rows in previous.values():
         for row in rows:
-            kind = _entry_kind(os.path.join(folder, row["image"])) if is_own_image(row["image"]) else "other"
+            kind = entry_kind(os.path.join(folder, row["image"])) if is_own_image(row["image"]) else "other"
             if kind == "file":
                 present.add(row["image"])
             elif kind == "other":
@@ -452,5 +441,5 @@ def _remove_stale_images(present: set[str], rows: list[dict], out_dir: Path) -> 
     """
     keep = {row["image"] for row in rows}
     for image in sorted(present - keep):
-        if _entry_kind(out_dir / image) == "file":
+        if entry_kind(out_dir / image) == "file":
             (out_dir / image).unlink(missing_ok=True)

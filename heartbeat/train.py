@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import sys
 import time
 import warnings
@@ -45,7 +44,8 @@ import torch
 from heartbeat import audio, metrics, model, report, runfolder, split
 from heartbeat import device as devices
 from heartbeat.dataset import CLASSES
-from heartbeat.fileio import atomic_directory, atomic_path, atomic_write_json, atomic_write_text, remove_dead_leftovers
+from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, atomic_write_text, entry_kind,
+                              remove_dead_leftovers)
 from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
 from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
 
@@ -222,7 +222,7 @@ def read_spectrograms(spectrograms_dir: Path) -> pd.DataFrame:
     if labelled.empty:
         raise TrainError(f"{manifest_path}: no labelled images")
     _check_classes(manifest_path, labelled["label"])
-    missing = [name for name in labelled["image"] if not _is_regular_file(spectrograms_dir / name)]
+    missing = [name for name in labelled["image"] if entry_kind(spectrograms_dir / name) != "file"]
     if missing:
         raise TrainError(f"{manifest_path}: {len(missing)} image(s) missing or not regular files, e.g. {missing[0]} "
                          "(rerun the spectrogram stage)")
@@ -269,14 +269,6 @@ def _check_classes(manifest_path: Path, labels: pd.Series) -> None:
     if len(found) < 2:
         raise TrainError(f"{manifest_path}: the labelled images hold only one class ({found[0]}); "
                          "a classifier needs at least two")
-
-
-def _is_regular_file(path: Path) -> bool:
-    """A regular file itself, not a symbolic link to one (which could lead anywhere)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def feature_cache_dir(spectrograms_dir: Path) -> Path:
@@ -381,7 +373,7 @@ def _run_body(network, spectrograms_dir: Path, images: list[str], plan: Plan, pr
 
 def _read_cached_features(cache_path: Path, n_images: int, load_file) -> torch.Tensor | None:
     """The cached features if the cache file is a regular file (not a link) of the expected shape; else None (recompute)."""
-    if not _is_regular_file(cache_path):
+    if entry_kind(cache_path) != "file":
         return None
     try:
         features = load_file(str(cache_path))["features"]
