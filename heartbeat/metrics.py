@@ -36,7 +36,7 @@ def classification_metrics(
     *,
     majority_class: str,
     positive_classes: Sequence[str] | None = None,
-    normal_class: str = "normal",
+    normal_class: str | None = "normal",
 ) -> dict:
     """Figures for one prediction per recording, and the same figures for the constant
     prediction `majority_class` on the same recordings.
@@ -46,6 +46,8 @@ def classification_metrics(
     `classes`. Balanced accuracy is the mean recall over the classes present in y_true.
     "Heart problem" is any class in `positive_classes` (default: every class other than
     `normal_class`): predicting murmur for an extrastole still counts as detecting a problem.
+    With `normal_class` None and no `positive_classes` (data without a normal class) there is
+    nothing to compare against, and "heart_problem" is None in both the model's and the baseline's figures.
     """
     classes = _check_classes(classes)
     class_index = {name: i for i, name in enumerate(classes)}
@@ -172,8 +174,11 @@ def _encode(what: str, labels: Sequence[str], class_index: dict[str, int]) -> np
 
 
 def _positive_class_mask(
-    classes: list[str], positive_classes: Sequence[str] | None, normal_class: str
-) -> np.ndarray:
+    classes: list[str], positive_classes: Sequence[str] | None, normal_class: str | None
+) -> np.ndarray | None:
+    """Which classes are a heart problem; None when there is no normal class to compare against."""
+    if positive_classes is None and normal_class is None:
+        return None
     if positive_classes is None:
         if normal_class not in classes:
             raise ValueError(
@@ -242,7 +247,7 @@ def _summary_figures(confusion: np.ndarray, is_positive_class: np.ndarray) -> di
         "error_rate": 1.0 - accuracy,
         "balanced_accuracy": float(recalls.mean()),
         "macro_f1": float(np.mean(f1_scores)),
-        "heart_problem": _heart_problem(confusion, is_positive_class),
+        "heart_problem": None if is_positive_class is None else _heart_problem(confusion, is_positive_class),
     }
 
 

@@ -192,6 +192,19 @@ def test_positive_classes_can_be_chosen():
     assert heart["specificity"] == pytest.approx(0.5)
 
 
+def test_without_a_normal_class_there_are_no_heart_problem_figures():
+    classes = ["absent", "present", "unknown"]  # CirCor's murmur labels: nothing is "normal"
+    y_true, y_pred = ["absent", "present", "unknown", "absent"], ["absent", "absent", "unknown", "present"]
+    result = classification_metrics(y_true, y_pred, classes, majority_class="absent", normal_class=None)
+    assert result["heart_problem"] is None and result["majority_baseline"]["heart_problem"] is None
+    assert result["accuracy"] == pytest.approx(0.5) and result["balanced_accuracy"] == pytest.approx((0.5 + 0 + 1) / 3)
+    with pytest.raises(ValueError, match="normal_class 'normal' is not one of the classes"):
+        classification_metrics(y_true, y_pred, classes, majority_class="absent")  # the default still needs one
+    chosen = classification_metrics(y_true, y_pred, classes, majority_class="absent", normal_class=None,
+                                    positive_classes=["present"])["heart_problem"]
+    assert (chosen["n_positive"], chosen["sensitivity"]) == (1, 0.0)  # positive classes still choose
+
+
 def test_balanced_accuracy_ignores_classes_absent_from_y_true():
     # extrastole is predicted but never true: the mean recall is over murmur and normal only.
     result = classification_metrics(
