@@ -9,14 +9,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-DATA ?= data# folder holding set_b.csv and set_b/ (see data/README.md)
+DATA ?= data# folder holding set_b.csv and set_b/ (see data/README.md), or another collection (FORMAT)
+FORMAT ?= pascal-b# the data's layout: the study's Dataset B; auto detects; see README "Other datasets"
 SPECTROGRAMS ?= data/spectrograms# stage 1 output: images/ + manifest.csv
 JOBS ?=# worker processes for stage 1 (empty: one per core)
-SPECTROGRAM_FLAGS ?=# e.g. --include-unlabelled
+SPECTROGRAM_FLAGS ?=# e.g. --include-unlabelled, --label-map noisynormal=normal, --group-regex '^(\d+)_'
 RUNS ?= data/runs# training runs; RUNS/latest points to the newest
 WEIGHTS ?=# ResNet-34 ImageNet weights file (default: the torch hub cache under TORCH_HOME)
 TRAIN_FLAGS ?=# e.g. --no-pretrained, --split random, --mode finetune, --epochs 10
 CV_FLAGS ?= --folds 5# e.g. --seeds 1,2,3 --protocol published --balance weights
+EVAL_DATA ?=# make evaluate: the labelled data folder to run a model on (any layout)
+EVAL_FORMAT ?= auto# its layout (auto: detected from its files)
+EVAL_FLAGS ?=# e.g. --label-map extrahls=drop,artifact=drop --max-seconds 120
+EVAL_OUT ?= data/evaluations/$(notdir $(abspath $(EVAL_DATA)))# make evaluate writes its report here
 REAL_DATA ?= ../shared/data/heartbeat-sounds# the benchmarks' data
 BENCH_DIR ?= data/bench# make bench keeps its stand-in model and spectrograms here
 BENCH_WINDOWS ?=# bench-device: spectrogram windows per pass (empty: the script's default, 16)
@@ -27,9 +32,13 @@ DEMO_FLAGS := --no-pretrained --image-size 128 --epochs 6 --bs 8 --name demo
 # The torch build on this machine's disk; never let pip resolve another one.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py)
-STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/spectrograms.py
+STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/layouts.py heartbeat/spectrograms.py
+# Settings stamps: a file rewritten only when what a stage is asked changes, so that another DATA, FORMAT,
+# WEIGHTS or flag reruns the stage. make's own file functions write them: no shell quoting of the flags.
+same-text = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
+stamp = $(if $(wildcard $(dir $(1))),$(if $(call same-text,$(strip $(2)),$(file <$(1))),,$(file >$(1),$(strip $(2)))))
 
-.PHONY: help install spectrograms train cv demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device clean
+.PHONY: help install spectrograms train cv evaluate demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device clean
 
 help: ## list the targets
 	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
@@ -44,28 +53,46 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e '.[test]'
 	touch $@
 
-spectrograms: $(SPECTROGRAMS)/manifest.csv ## stage 1: mel-spectrogram PNGs of every labelled recording in DATA
+spectrograms: $(SPECTROGRAMS)/manifest.csv ## stage 1: mel-spectrogram PNGs of every labelled recording in DATA (layout FORMAT)
+
+# Dataset B's files are the manifest's prerequisites. Other layouts keep their files anywhere below DATA, so
+# stage 1 always runs for them: it is incremental, and leaves the manifest untouched when nothing changed.
+ifeq ($(FORMAT),pascal-b)
+STAGE1_INPUTS := $(DATA)/set_b.csv $(wildcard $(DATA)/set_b/*.wav)
+else
+STAGE1_INPUTS := FORCE
+endif
 
 # A run with failed recordings still writes the manifest of the others, but dates it back so
 # that the next `make spectrograms` tries again instead of calling it up to date.
-$(SPECTROGRAMS)/manifest.csv: $(DATA)/set_b.csv $(wildcard $(DATA)/set_b/*.wav) $(STAGE1_SOURCES) | $(INSTALLED)
-	$(BIN)/heartbeat spectrograms --data $(DATA) --out $(SPECTROGRAMS) $(if $(JOBS),--jobs $(JOBS)) $(SPECTROGRAM_FLAGS) \
-		|| { test -f $@ && touch -d @0 $@; exit 1; }
+$(SPECTROGRAMS)/manifest.csv: $(STAGE1_INPUTS) $(STAGE1_SOURCES) $(SPECTROGRAMS)/.stage1-settings | $(INSTALLED)
+	$(BIN)/heartbeat spectrograms --data $(DATA) --format $(FORMAT) --out $(SPECTROGRAMS) $(if $(JOBS),--jobs $(JOBS)) \
+		$(SPECTROGRAM_FLAGS) || { test -f $@ && touch -d @0 $@; exit 1; }
+
+$(SPECTROGRAMS)/.stage1-settings: FORCE | $(SPECTROGRAMS)/
+	$(call stamp,$@,$(DATA) $(FORMAT) $(SPECTROGRAM_FLAGS))
 
 train: $(RUNS)/latest/metrics.json ## stage 2: fine-tune ResNet-34 on the spectrograms, write the run folder and its report
 
 $(RUNS)/latest/metrics.json: $(SPECTROGRAMS)/manifest.csv $(PACKAGE_SOURCES) $(RUNS)/.train-settings | $(INSTALLED)
 	$(BIN)/heartbeat train --spectrograms $(SPECTROGRAMS) --runs $(RUNS) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS)
 
-# Rewritten only when the training settings change, so that changing WEIGHTS or TRAIN_FLAGS retrains.
-$(RUNS)/.train-settings: FORCE
-	@mkdir -p $(RUNS)
-	@echo '$(SPECTROGRAMS) $(WEIGHTS) $(TRAIN_FLAGS)' | cmp -s - $@ || echo '$(SPECTROGRAMS) $(WEIGHTS) $(TRAIN_FLAGS)' > $@
+$(RUNS)/.train-settings: FORCE | $(RUNS)/
+	$(call stamp,$@,$(SPECTROGRAMS) $(WEIGHTS) $(TRAIN_FLAGS))
+
+$(SPECTROGRAMS)/ $(RUNS)/:
+	mkdir -p $@
 
 FORCE:
 
 cv: $(SPECTROGRAMS)/manifest.csv | $(INSTALLED) ## cross-validation by patient (CV_FLAGS), into data/cv-<time>
 	$(BIN)/heartbeat cv --spectrograms $(SPECTROGRAMS) --out data/cv-$$(date +%Y%m%d-%H%M%S) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS) $(CV_FLAGS)
+
+# MODEL defaults here, not as a variable: bench-predict trains its own stand-in unless MODEL is given.
+evaluate: | $(INSTALLED) ## run a model (MODEL, default RUNS/latest) on another labelled folder EVAL_DATA, report in EVAL_OUT
+	@test -n "$(EVAL_DATA)" || { echo "make evaluate needs EVAL_DATA=folder: a labelled data folder in any layout (see README 'heartbeat evaluate')" >&2; exit 2; }
+	$(BIN)/heartbeat evaluate --model $(or $(MODEL),$(RUNS)/latest) --data $(EVAL_DATA) --format $(EVAL_FORMAT) \
+		--out $(EVAL_OUT) $(EVAL_FLAGS)
 
 demo: $(INSTALLED) ## offline quick run: synthetic recordings -> spectrograms -> train (from scratch) -> report, in data/demo
 	$(MAKE) --no-print-directory $(DEMO)/set_b.csv
@@ -76,9 +103,11 @@ $(DEMO)/set_b.csv: | $(INSTALLED)
 	$(BIN)/heartbeat synth --out $(DEMO)
 
 ifneq ($(DATA),$(DEMO))  # the demo's csv has the rule above
+ifeq ($(FORMAT),pascal-b)
 $(DATA)/set_b.csv:
 	@echo "No Dataset B in '$(DATA)/': put set_b.csv and set_b/ there (see data/README.md), pass DATA=folder, or run 'make demo'." >&2
 	@exit 1
+endif
 endif
 
 test: $(INSTALLED) ## run the test suite (synthetic audio; a few tests also use ../shared/data/heartbeat-sounds when present)

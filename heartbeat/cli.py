@@ -15,6 +15,7 @@ from pathlib import Path
 
 from heartbeat import __version__
 from heartbeat import settings as settings_module
+from heartbeat.layouts import FORMATS  # standard library only: --help stays quick
 
 EXIT_FAILED = 1  # the command ran but some input failed
 EXIT_USAGE = 2  # the command could not run (argparse uses 2 as well)
@@ -51,15 +52,17 @@ def _add_spectrograms(commands) -> None:
         "spectrograms",
         help="stage 1: turn every labelled .wav into 512x512 mel-spectrogram PNGs + manifest.csv",
         description=(
-            "Turn every labelled recording of DATA/set_b.csv into mel-spectrogram PNGs (one per "
-            "5.11 s window) and write OUT/manifest.csv. Incremental: up-to-date images are skipped. "
-            "Exit code 1 if any recording failed (the others are still written)."
+            "Turn every labelled recording of DATA (Dataset B's set_b.csv, or any layout of --format) into "
+            "mel-spectrogram PNGs (one per 5.11 s window) and write OUT/manifest.csv and OUT/dataset.json. "
+            "Incremental: up-to-date images are skipped. Exit code 1 if any recording failed (the others are "
+            "still written)."
         ),
     )
-    parser.add_argument("--data", default=str(config.DATA_DIR), help="folder holding set_b.csv and set_b/ (default: %(default)s)")
+    parser.add_argument("--data", default=str(config.DATA_DIR), help="the data folder (default: %(default)s)")
+    _add_layout_flags(parser)
     parser.add_argument("--out", default=str(config.SPECTROGRAMS_DIR), help="output folder (default: %(default)s)")
     parser.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: one per core)")
-    parser.add_argument("--include-unlabelled", action="store_true", help="also the 195 unlabelled test recordings")
+    parser.add_argument("--include-unlabelled", action="store_true", help="also unlabelled recordings (Dataset B: its 195 test recordings)")
     # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
     parser.add_argument("--max-seconds", type=_max_seconds, default=None,
                         help="refuse recordings longer than this, from their header, before reading them: a tiny file "
@@ -68,18 +71,48 @@ def _add_spectrograms(commands) -> None:
     parser.set_defaults(run=_run_spectrograms)
 
 
+FORMAT_HELP = ("the data's layout: auto (default: detected from its files, and said in one line), pascal-b "
+               "(set_b.csv + set_b/), pascal-a (set_a.csv + set_a/), physionet2016 (training-?/REFERENCE.csv), "
+               "circor2022 (training_data.csv + training_data/), folders (DATA/<class>/**/*.wav) or csv "
+               "(DATA/labels.csv: file,label[,patient])")
+LABEL_MAP_HELP = "rename or drop labels, e.g. 'noisynormal=normal,artifact=drop' (default: none)"
+
+
+def _add_layout_flags(parser) -> None:
+    """--format, --label-map and --group-regex: how a data folder is read (heartbeat.layouts)."""
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS), metavar="FORMAT", help=FORMAT_HELP)
+    parser.add_argument("--label-map", default=None, metavar="MAP", help=LABEL_MAP_HELP)
+    parser.add_argument("--group-regex", default=None, metavar="REGEX",
+                        help="folders layout: a regular expression whose first group (or group 'patient') reads the "
+                             "patient from a file name, so that a patient's recordings stay on one side of a split "
+                             "(default: each recording is its own group)")
+
+
+def _label_map(text: str | None) -> dict | None:
+    """--label-map's text as a mapping (UserError naming the flag if malformed)."""
+    from heartbeat.layouts import LayoutError, parse_label_map
+
+    if text is None:
+        return None
+    try:
+        return parse_label_map(text)
+    except LayoutError as error:
+        raise UserError(str(error)) from None
+
+
 def _run_spectrograms(args) -> int:
-    from heartbeat.dataset import DatasetError
+    from heartbeat.layouts import LayoutError
     from heartbeat.spectrograms import OutputError, build_spectrograms
 
     limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     try:
         summary = build_spectrograms(
-            args.data, args.out, jobs=args.jobs, include_unlabelled=args.include_unlabelled, progress=not args.quiet,
-            **limits,
+            args.data, args.out, format=args.format, label_map=_label_map(args.label_map), group_regex=args.group_regex,
+            jobs=args.jobs, include_unlabelled=args.include_unlabelled, progress=not args.quiet, **limits,
         )
-    except (DatasetError, OutputError) as error:
+    except (LayoutError, OutputError) as error:
         raise UserError(str(error)) from None
+    print(f"data: {summary.format} ({summary.format_reason})")
     for warning in summary.warnings:
         print(f"heartbeat: warning: {warning}", file=sys.stderr)
     for path, reason in summary.failed:
@@ -266,6 +299,63 @@ def _print_result(line: str) -> None:
         sys.stdout.buffer.flush()
 
 
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate", help="run a trained model on another labelled data folder and write its report (ONNX, no torch)",
+        description=(
+            "Run a trained model on every labelled recording of another data folder, through predict's path (the "
+            "same windows, the mean of their probabilities, ONNX Runtime), and write OUT/predictions.csv, "
+            "metrics.json, confusion_matrix.png/.json and report.md, every figure beside the evaluated set's own "
+            "majority class. Labels the model does not know are not run: they are counted as 'not scored' (map "
+            "them with --label-map). A file that cannot be used gets one line on stderr and the others are still "
+            "evaluated; exit code 1 if any failed, 2 if the evaluation cannot run (OUT is then left as it was)."
+        ),
+    )
+    parser.add_argument("--model", metavar="RUN", default=None, help="run folder of a trained model (default: data/runs/latest)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the data folder to evaluate on (any layout of --format)")
+    _add_layout_flags(parser)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder to write the evaluation into (created if needed; a rerun replaces its five files "
+                             "and touches nothing else; not inside the data or the model folder)")
+    # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
+    parser.add_argument("--max-seconds", type=_max_seconds, default=None, metavar="SECONDS",
+                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
+                             "can declare hours of sound (default: 600, ten minutes)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="ONNX Runtime threads (default: the CPUs this process may use)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from heartbeat import config
+    from heartbeat.evaluate import EvaluationError, NothingEvaluated, prepare, run
+
+    model_dir = Path(args.model) if args.model else config.RUNS_DIR / "latest"
+    limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
+    try:
+        plan = prepare(model_dir, args.data, args.out, format=args.format, label_map=_label_map(args.label_map),
+                       group_regex=args.group_regex, threads=args.threads, **limits)
+        print(f"data: {plan.layout.format} ({plan.layout.reason})", flush=True)
+        result = run(plan, progress=not args.quiet)
+    except NothingEvaluated as error:  # every file failed: each gets its line, and nothing was written
+        for failure in error.failures:
+            print(f"heartbeat: {failure.file}: {failure.problem}", file=sys.stderr)
+        print(f"heartbeat: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except EvaluationError as error:
+        raise UserError(str(error)) from None
+    for failure in result.failures:
+        print(f"heartbeat: {failure.file}: {failure.problem}", file=sys.stderr)
+    metrics, baseline = result.metrics, result.metrics["majority_baseline"]
+    not_scored = sum(result.not_scored.values())
+    print(f"{result.out_dir}: accuracy {metrics['accuracy']:.3f} (majority baseline, always {baseline['class']}: "
+          f"{baseline['accuracy']:.3f}), balanced accuracy {metrics['balanced_accuracy']:.3f} "
+          f"(baseline {baseline['balanced_accuracy']:.3f}) on {result.n_scored} scored recordings; "
+          f"{not_scored} not scored, {len(result.failures)} failed; report: {result.out_dir}/report.md")
+    return EXIT_FAILED if result.failures else 0
+
+
 def _seed_list(text: str) -> list[int]:
     """Comma-separated seeds, each as --seed allows, none repeated (each seed's runs get their own folders)."""
     seeds = [_seed(part.strip()) for part in text.split(",") if part.strip()]
@@ -314,8 +404,7 @@ def _cv_headline(summary: dict, out_dir) -> str:
             f"report: {out_dir}/report.md")
 
 
-# The layouts heartbeat.layouts reads (a test checks the two agree; importing it here would slow --help).
-SYNTH_FORMATS = ("pascal-b", "pascal-a", "physionet2016", "circor2022", "folders", "csv")
+SYNTH_FORMATS = FORMATS  # synth writes every layout heartbeat.layouts reads
 
 
 def _add_synth(commands) -> None:
@@ -379,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cv(commands)
     _add_synth(commands)
     _add_predict(commands)
+    _add_evaluate(commands)
     return parser
 
 

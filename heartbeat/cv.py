@@ -23,21 +23,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heartbeat import split
+from heartbeat import layouts, split
 from heartbeat.baseline import classical_predictions, recording_features
 from heartbeat.device import resolve_device
 from heartbeat.fileio import atomic_directory, atomic_write_json, atomic_write_text, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics, summarise_folds
-from heartbeat.report import plot_cv_folds
+from heartbeat.report import heart_problem_sentence, plot_cv_folds, recording_groups_sentence
 from heartbeat.runfolder import prepare_output_folder
 from heartbeat.spectrograms import MANIFEST_NAME
-from heartbeat.train import TrainError, TrainSettings, feature_cache_dir, read_spectrograms, train, uses_feature_cache
+from heartbeat.train import (TrainError, TrainSettings, feature_cache_dir, read_dataset, read_spectrograms, train,
+                             uses_feature_cache)
 
 SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
     "error_rate": lambda m: m["error_rate"],
     "balanced_accuracy": lambda m: m["balanced_accuracy"],
     "macro_f1": lambda m: m["macro_f1"],
-    "youden": lambda m: m["heart_problem"]["youden"],
+    "youden": lambda m: (m["heart_problem"] or {}).get("youden"),  # None without a normal class
 }
 CLASSICAL_TITLE = "classical baseline (log-mel band statistics + logistic regression)"
 PER_RUN = "per run"  # a resolved setting that differs between runs (the seed; lr_find's rate): see the per-run table
@@ -75,7 +76,8 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
         dataclasses.replace(settings, seed=seed).validate()  # the same range as --seed
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds must not repeat a seed (each seed's runs get their own folders), not {seeds}")
-    windows = read_spectrograms(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir, label_map=settings.label_map)
+    dataset = read_dataset(spectrograms_dir)
     recordings = split.recordings_table(windows)
     try:
         runs = list(fold_splits(recordings, protocol, folds, seeds, settings.valid_fraction))
@@ -95,7 +97,7 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
     with atomic_directory(out_dir) as work_dir:
         results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
                                features=features, progress=progress) for seed, fold, split_table in runs]
-        return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds)
+        return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds, dataset=dataset)
 
 
 def classical_features(spectrograms_dir: Path, windows: pd.DataFrame) -> pd.DataFrame:
@@ -128,7 +130,8 @@ def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings,
     classical = classical_run(features, split_table, result.classes, seed)
     oof = result.predictions.assign(fold=fold, seed=seed).merge(classical, on="recording", how="left")
     classical_metrics = classification_metrics(oof["label"].tolist(), oof["classical_predicted"].tolist(), result.classes,
-                                               majority_class=metrics["majority_baseline"]["class"])
+                                               majority_class=metrics["majority_baseline"]["class"],
+                                               normal_class=layouts.normal_class(result.classes))
     for name, read in SUMMARY_FIGURES.items():
         row[name] = read(metrics)
         row[f"baseline_{name}"] = read(metrics["majority_baseline"])
@@ -137,7 +140,7 @@ def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings,
 
 
 def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict], *, protocol: str, folds: int,
-                   seeds: list[int]) -> dict:
+                   seeds: list[int], dataset: dict) -> dict:
     """oof.csv, folds.csv, summary.json, the pooled confusion matrix, folds.png and report.md; returns the summary."""
     classes = results[0]["classes"]
     columns = ["recording", "patient_id", "label", "fold", "seed", "predicted", "windows"]
@@ -149,14 +152,17 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
 
     summary = summarise(per_fold)
     majority = recordings["label"].value_counts().idxmax()
-    pooled = classification_metrics(oof["label"].tolist(), oof["predicted"].tolist(), classes, majority_class=majority)
+    normal = layouts.normal_class(classes)
+    pooled = classification_metrics(oof["label"].tolist(), oof["predicted"].tolist(), classes, majority_class=majority,
+                                    normal_class=normal)
     classical_pooled = classification_metrics(oof["label"].tolist(), oof["classical_predicted"].tolist(), classes,
-                                              majority_class=majority)
+                                              majority_class=majority, normal_class=normal)
     settings = common_settings([result["settings"] for result in results])
     summary.update({
         "protocol": protocol, "folds": folds if protocol == "patient" else 1, "seeds": seeds,
         "n_runs": len(per_fold), "n_recordings": int(len(recordings)), "n_oof_predictions": int(len(oof)),
-        "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": settings,
+        "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": settings, "dataset": dataset,
+        "classes": classes,
         "pooled_oof": pooled, "classical_pooled_oof": classical_pooled,
     })
     atomic_write_json(work_dir / "summary.json", summary)
@@ -216,15 +222,17 @@ def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: di
         leaked = summary["leaked_patients_per_run"]
         lines.append(f"**Patient leakage**: the published protocol splits recordings at random, so {min(leaked)}–{max(leaked)} "
                      "patients per run have recordings on both sides; its figures are optimistic.")
-    else:
+    elif summary["dataset"]["groups_are_patients"]:
         lines.append("Folds are grouped by patient: no patient is in two folds, and every recording is predicted once per "
                      "seed by a model that never heard its patient.")
+    else:
+        lines.append(recording_groups_sentence(summary["dataset"]["format"]))
     lines += ["", f"| figure | model | majority baseline | {CLASSICAL_TITLE} |", "|---|---|---|---|"]
     for name, title in [("error_rate", "error rate"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"),
                         ("youden", "heart-problem Youden index")]:
         lines.append(f"| {title} | {interval(summary[name])} | {interval(summary['baseline_' + name])} | "
                      f"{interval(summary['classical_' + name])} |")
-    lines += ["", classical_verdict(summary)]
+    lines += ["", heart_problem_sentence(summary["classes"]), "", classical_verdict(summary)]
     lines += ["", "## Per run", "", "| seed | fold | recordings | error rate | balanced accuracy | macro-F1 | Youden | "
               "baseline error rate | leaked patients | learning rate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in per_fold.itertuples():

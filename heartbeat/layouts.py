@@ -611,9 +611,10 @@ def detect_format(data_dir: str | os.PathLike) -> tuple[str, str]:
     """
     root = _data_folder(data_dir)
     found: list[tuple[str, str]] = []
-    if (root / dataset.CSV_NAME).is_file():
+    # A marker that exists but is not a file (a folder, a broken link) still names the layout: its reader says what is wrong.
+    if os.path.lexists(root / dataset.CSV_NAME):
         found.append(("pascal-b", f"found {dataset.CSV_NAME}"))
-    if (root / PASCAL_A_CSV).is_file():
+    if os.path.lexists(root / PASCAL_A_CSV):
         found.append(("pascal-a", f"found {PASCAL_A_CSV}"))
     references = sorted(entry.name for entry in _visible_entries(root)
                         if _PHYSIONET_SUBSET.match(entry.name) and (Path(entry.path) / PHYSIONET_REFERENCE).is_file())
@@ -621,7 +622,7 @@ def detect_format(data_dir: str | os.PathLike) -> tuple[str, str]:
         found.append(("physionet2016", f"found {PHYSIONET_REFERENCE} in {', '.join(references)}"))
     if (root / CIRCOR_CSV).is_file() and (root / CIRCOR_AUDIO).is_dir():
         found.append(("circor2022", f"found {CIRCOR_CSV} and {CIRCOR_AUDIO}/"))
-    if (root / LABELS_CSV).is_file():
+    if os.path.lexists(root / LABELS_CSV):
         found.append(("csv", f"found {LABELS_CSV}"))
     if len(found) > 1:
         markers = " and ".join(f"{reason.removeprefix('found ')} ({layout})" for layout, reason in found)

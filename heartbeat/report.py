@@ -35,6 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from heartbeat import layouts
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics
 from heartbeat.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
@@ -64,7 +65,7 @@ GRID_TILES = 9  # pictures per grid (3 x 3), as a fastai show_results batch
 # Stage 1's windows are 512 px; an image far larger is not one of its own, and is not decoded.
 MAX_WINDOW_SIDE = 4096
 REQUIRED_CONTEXT = ("title", "split", "weights")
-NORMAL_CLASS = "normal"  # every other class is a heart problem
+NORMAL_CLASS = "normal"  # where the classes have it, every other class is a heart problem (layouts.normal_class)
 
 
 class RunFolderError(ValueError):
@@ -381,7 +382,7 @@ def write_report(
 
     metrics = classification_metrics(
         predictions["label"].tolist(), predictions["predicted"].tolist(), classes,
-        majority_class=majority_class, normal_class=NORMAL_CLASS,
+        majority_class=majority_class, normal_class=layouts.normal_class(classes),
     )
     metrics["context"] = _plain(context)
 
@@ -508,8 +509,6 @@ def _read_config(folder: Path) -> tuple[list[str], str, str | None]:
     if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(name, str) and name for name in classes)
             or len(set(classes)) != len(classes)):
         raise RunFolderError(f"{path}: 'classes' must list two or more distinct class names, found {classes!r:.200}")
-    if NORMAL_CLASS not in classes:
-        raise RunFolderError(f"{path}: 'classes' {classes} lack {NORMAL_CLASS!r}, which the heart-problem figures need")
     if majority_class not in classes:
         raise RunFolderError(f"{path}: 'majority_class' {majority_class!r:.100} is not one of the classes {classes}")
     spectrograms = config.get("spectrograms")
@@ -619,13 +618,8 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
         [[name, _fmt(model_value), _fmt(baseline_value)]
          for name, model_value, baseline_value in _figure_rows(metrics)],
     ), ""]
-    problem_classes = " or ".join(name for name in metrics["per_class"] if name != NORMAL_CLASS)
-    lines += [
-        f"Heart problem = any class other than {NORMAL_CLASS} ({problem_classes}), against {NORMAL_CLASS}; "
-        "Youden index = sensitivity + specificity − 1. Balanced accuracy is the mean recall over "
-        "the classes present among the validation recordings.",
-        "",
-    ]
+    lines += [heart_problem_sentence(list(metrics["per_class"])) + " Balanced accuracy is the mean recall over "
+              "the classes present among the scored recordings.", ""]
 
     lines += ["## Per class", "", *_table(
         ["class", "precision", "recall", "F1", "support"],
@@ -704,14 +698,34 @@ def _summary_paragraph(metrics: dict, context: dict, n_valid_patients) -> str:
     )
 
 
+def recording_groups_sentence(format: str) -> str:
+    """The one sentence a report carries when its split groups are recordings, not patients."""
+    return (f"Groups are recordings, not patients: the {format} layout names no patient, so a person with several "
+            "recordings can be on both sides of a split, and these figures may be optimistic.")
+
+
+def heart_problem_sentence(classes: Sequence[str]) -> str:
+    """What the heart-problem figures mean for these classes, or why there are none."""
+    if layouts.normal_class(classes) is None:
+        return (f"No heart-problem sensitivity, specificity or Youden index: the classes ({', '.join(classes)}) have "
+                f"no {NORMAL_CLASS!r} class to compare the others against (rename one with --label-map).")
+    problem_classes = " or ".join(name for name in classes if name != NORMAL_CLASS)
+    return (f"Heart problem = any class other than {NORMAL_CLASS} ({problem_classes}), against {NORMAL_CLASS}; "
+            "Youden index = sensitivity + specificity − 1.")
+
+
 def _figure_rows(metrics: dict):
     baseline = metrics["majority_baseline"]
-    model_heart, baseline_heart = metrics["heart_problem"], baseline["heart_problem"]
-    return [
+    rows = [
         ("error rate", metrics["error_rate"], baseline["error_rate"]),
         ("accuracy", metrics["accuracy"], baseline["accuracy"]),
         ("balanced accuracy", metrics["balanced_accuracy"], baseline["balanced_accuracy"]),
         ("macro-F1", metrics["macro_f1"], baseline["macro_f1"]),
+    ]
+    model_heart, baseline_heart = metrics["heart_problem"], baseline["heart_problem"]
+    if model_heart is None:  # no normal class: heart_problem_sentence says why
+        return rows
+    return rows + [
         ("heart-problem sensitivity", model_heart["sensitivity"], baseline_heart["sensitivity"]),
         ("heart-problem specificity", model_heart["specificity"], baseline_heart["specificity"]),
         ("heart-problem Youden index", model_heart["youden"], baseline_heart["youden"]),

@@ -80,6 +80,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def label_map_text(text: str) -> str:
+    """--label-map: `old=new,old2=drop`, checked now (the mapping itself is parsed where labels are read)."""
+    from heartbeat.layouts import LayoutError, parse_label_map  # standard library only
+
+    if not text:  # the default: no map
+        return text
+    try:
+        parse_label_map(text)
+    except LayoutError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--label-map: ")) from None
+    return text
+
+
 def run_name(text: str) -> str:
     """--name: part of one folder's name, so never a path (no '/'), nor hidden (temporary names start with '.')."""
     if not _is_plain_name(text):
@@ -131,7 +144,8 @@ class TrainSettings:
     offline: bool = setting(False, "--offline", "never download ImageNet weights missing from the hub cache "
                             "(as HEARTBEAT_OFFLINE=1)", action="store_true")
     mode: str = setting("features", "--mode", MODE_HELP, choices=("features", "finetune"))
-    lr: float | None = setting(None, "--lr", "learning rate (default: lr_find's suggestion, as published)",
+    lr: float | None = setting(None, "--lr", "learning rate (default: lr_find's suggestion, as published; a given "
+                               "rate skips lr_find)",
                                type=learning_rate)
     unfreeze_epochs: int = setting(0, "--unfreeze-epochs", "optional second stage: unfreeze and train N more epochs "
                                    "with discriminative rates (default: %(default)s)", type=non_negative_int)
@@ -142,6 +156,9 @@ class TrainSettings:
     precision: str = setting("fp32", "--precision", PRECISION_HELP, choices=("fp32", "bf16", "auto"))
     device: str = setting("auto", "--device", "where stage 2 runs: auto (CUDA if available, then Apple MPS, then the "
                           "CPU; default), cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
+    # Labels renamed or dropped as the manifest is read (the spectrogram stage takes the same flag)
+    label_map: str = setting("", "--label-map", "rename or drop labels of the manifest, e.g. "
+                             "'noisynormal=normal,artifact=drop' (default: none)", type=label_map_text, metavar="MAP")
     name: str = setting("", "--name", "short name in the run folder's name", commands=("train",), type=run_name)
 
     def validate(self) -> None:
@@ -163,6 +180,10 @@ class TrainSettings:
                 raise ValueError(f"{flag} must be a whole number {bounds}, not {value!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive finite number, not {self.lr!r}")
+        if self.label_map:
+            from heartbeat.layouts import parse_label_map
+
+            parse_label_map(self.label_map)  # LayoutError, a ValueError naming --label-map
         if not _is_plain_name(self.name):  # part of a folder's name, never a path
             raise ValueError(f"--name must be a plain name (no '/', not starting with '.'), not {self.name!r}")
         self.check_combination()

@@ -1,12 +1,16 @@
-"""Stage 1: every recording of Dataset B becomes one or more 512x512 mel-spectrogram PNGs.
+"""Stage 1: every recording of a heart-sound collection becomes one or more 512x512 mel-spectrogram PNGs.
 
-Output folder:
+The collection is read by heartbeat.layouts in any of its layouts (Dataset B's set_b.csv by
+default in the Makefile; `--format auto` detects it). Output folder:
     manifest.csv          one row per image (see MANIFEST_COLUMNS), what training reads
     audio_settings.json   the AudioSettings the images were made with
-    images/<recording stem>_w<window>.png
+    dataset.json          which collection: its layout, why, its classes, whether its groups are patients
+    images/<recording stem>_w<window>.png           (Dataset B: names as in the study)
+    images/<recording stem>-<path hash>_w<window>.png  (other layouts: two folders may hold the same file name)
 
-The stage is incremental (a recording is redone only when its wav's size or modification
-time or the audio settings changed), parallel across cores, atomic (temp file then rename:
+The stage is incremental (a recording's images are redone only when its wav's size or
+modification time or the audio settings changed; a new label or group only rewrites its rows;
+another --format starts afresh), parallel across cores, atomic (temp file then rename:
 a killed run never leaves a truncated PNG or manifest) and deterministic (same input,
 byte-identical PNGs). A recording that cannot be read is listed with its reason and the
 others go on; earlier outputs are never deleted by a run that had failures.
@@ -23,7 +27,9 @@ the worker processes die with the parent.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 import re
 import stat
@@ -32,21 +38,21 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heartbeat import audio
-from heartbeat.dataset import Recording, read_dataset
-from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, entry_kind, atomic_write_json, atomic_write_text, remove_dead_leftovers
+from heartbeat import audio, layouts
+from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, entry_kind, remove_dead_leftovers
 
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "audio_settings.json"
+DATASET_NAME = "dataset.json"
 IMAGES_DIR = "images"
 MANIFEST_COLUMNS = (
     "image",  # path relative to the output folder
-    "recording",  # the wav's file name
+    "recording",  # Dataset B: the wav's file name; other layouts: its path inside the data folder
     "label",  # empty for unlabelled recordings
-    "sublabel",
+    # The group that splits keep on one side: the patient where the layout names one, else the
+    # recording itself (dataset.json's groups_are_patients says which).
     "patient_id",
-    "timestamp",
-    "position",
+    "extra",  # the layout's own columns (Dataset B: sublabel, timestamp, position), a JSON object
     "window",  # 0, 1, ... within the recording
     "start_s",  # where the window starts in the recording
     "duration_s",  # of the whole recording
@@ -60,6 +66,7 @@ MANIFEST_COLUMNS = (
 _OWN_IMAGE = re.compile(rf"^{IMAGES_DIR}/(?P<name>[^/\x00]+\.png)$")
 # Dataset B's manifest is about 200 KB; a file far bigger is not one of ours and is not read into memory.
 MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_DATASET_BYTES = 2**20  # dataset.json is a few hundred bytes
 
 
 class OutputError(Exception):
@@ -72,6 +79,8 @@ class ManifestError(ValueError):
 
 @dataclass
 class StageSummary:
+    format: str = ""  # the layout read
+    format_reason: str = ""  # one line: why that layout (detected from which file, or chosen)
     recordings: int = 0
     images: int = 0
     made: int = 0  # recordings whose images were (re)made in this run
@@ -88,8 +97,37 @@ class StageSummary:
         )
 
 
-def image_name(recording_name: str, window: int) -> str:
-    return f"{IMAGES_DIR}/{Path(recording_name).stem}_w{window:02d}.png"
+# Other layouts' images are named <stem>-<hash of the recording's path>: physionet's training-a/a0001.wav and a
+# folders layout's normal/x.wav and murmur/x.wav must not share images. The stem is cut to stay within
+# file-name limits (255 bytes) with room for the hash and window suffix.
+_STEM_CHARACTERS = 100
+_PATH_HASH_CHARACTERS = 10
+
+
+@dataclass(frozen=True)
+class Item:
+    """One recording as this stage handles it: where it is, its manifest identity, its images' stem."""
+    path: Path
+    recording: str  # the manifest's `recording`
+    image_stem: str  # images/<image_stem>_w<window>.png
+    label: str  # "" when unlabelled
+    group: str
+    extra: str  # JSON object text of the layout's own columns
+
+
+def stage_item(recording: layouts.Recording, format: str) -> Item:
+    """The stage's view of a layout's recording; Dataset B's recordings keep the study's names."""
+    if format == "pascal-b":
+        name, stem = recording.path.name, recording.path.stem
+    else:
+        digest = hashlib.sha256(recording.source.encode("utf-8", "surrogateescape")).hexdigest()[:_PATH_HASH_CHARACTERS]
+        name, stem = recording.source, f"{recording.path.stem[:_STEM_CHARACTERS]}-{digest}"
+    return Item(recording.path, name, stem, recording.label or "", recording.group,
+                json.dumps(recording.extra, sort_keys=True, ensure_ascii=False))
+
+
+def image_name(image_stem: str, window: int) -> str:
+    return f"{IMAGES_DIR}/{image_stem}_w{window:02d}.png"
 
 
 def _source_signature(path: Path) -> tuple[str, str]:
@@ -97,7 +135,7 @@ def _source_signature(path: Path) -> tuple[str, str]:
     return str(info.st_size), str(info.st_mtime_ns)
 
 
-def _make_images(recording: Recording, out_dir: Path, settings: audio.AudioSettings, max_seconds: float) -> list[dict]:
+def _make_images(recording: Item, out_dir: Path, settings: audio.AudioSettings, max_seconds: float) -> list[dict]:
     """Worker: turn one recording into PNGs written atomically; return its manifest rows."""
     import soundfile
 
@@ -107,17 +145,13 @@ def _make_images(recording: Recording, out_dir: Path, settings: audio.AudioSetti
     duration_s = signal.size / settings.sample_rate
     rows = []
     for window, (start_s, image) in enumerate(audio.iter_recording_images(signal, settings)):
-        name = image_name(recording.name, window)
+        name = image_name(recording.image_stem, window)
         atomic_write_bytes(out_dir / name, audio.encode_png(image))
         rows.append(
             {
                 "image": name,
-                "recording": recording.name,
-                "label": recording.label or "",
-                "sublabel": recording.sublabel or "",
-                "patient_id": str(recording.patient_id),
-                "timestamp": recording.timestamp,
-                "position": recording.position,
+                "recording": recording.recording,
+                **_recording_columns(recording),
                 "window": str(window),
                 "start_s": f"{start_s:.4f}",
                 "duration_s": f"{duration_s:.4f}",
@@ -128,6 +162,11 @@ def _make_images(recording: Recording, out_dir: Path, settings: audio.AudioSetti
             }
         )
     return rows
+
+
+def _recording_columns(recording: Item) -> dict:
+    """The manifest columns that describe the recording, not its images: rewritten on every run."""
+    return {"label": recording.label, "patient_id": recording.group, "extra": recording.extra}
 
 
 def _worker(task):
@@ -212,30 +251,27 @@ def _sort_old_images(previous: dict[str, list[dict]], out_dir: Path) -> tuple[se
     return present, refused
 
 
-def _current_rows(recording: Recording, rows: list[dict] | None, present: set[str], digest: str):
+def _current_rows(recording: Item, rows: list[dict] | None, present: set[str], digest: str):
     """The previous run's rows for this recording if its images are still current, else None.
 
     A row is trusted only if it names exactly the image this stage would write for it, and
-    that image is a plain file (see _sort_old_images).
+    that image is a plain file (see _sort_old_images). What shapes an image is the sound file
+    and the settings; the label, group and extra columns are taken from this run's reading of
+    the data (a --label-map change relabels, it does not remake the images).
     """
     if not rows:
         return None
     size, mtime_ns = _source_signature(recording.path)
     current = all(
-        row["image"] == image_name(recording.name, window)
+        row["image"] == image_name(recording.image_stem, window)
         and row["image"] in present
         and row["window"] == str(window)
         and row["source_size"] == size
         and row["source_mtime_ns"] == mtime_ns
         and row["settings_hash"] == digest
-        and row["label"] == (recording.label or "")
-        and row["sublabel"] == (recording.sublabel or "")
-        and row["patient_id"] == str(recording.patient_id)
-        and row["timestamp"] == recording.timestamp
-        and row["position"] == recording.position
         for window, row in enumerate(rows)
     )
-    return rows if current else None
+    return [{**row, **_recording_columns(recording)} for row in rows] if current else None
 
 
 def _check_output_folder(out_dir: Path) -> None:
@@ -262,7 +298,7 @@ def _check_output_folder(out_dir: Path) -> None:
     for folder in (out_dir, images_dir):
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"{folder}: cannot be written (permission denied)")
-    for name in (MANIFEST_NAME, SETTINGS_NAME):
+    for name in (MANIFEST_NAME, SETTINGS_NAME, DATASET_NAME):
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():
             raise OutputError(f"{path}: is a folder, not this stage's {name}")
@@ -275,7 +311,7 @@ def _prepare_output_folder(out_dir: Path) -> None:
     except OSError as error:
         raise OutputError(f"{out_dir}: cannot be created ({error.strerror})") from None
     remove_dead_leftovers(out_dir / IMAGES_DIR)
-    for name in (MANIFEST_NAME, SETTINGS_NAME):  # only this stage's own temporaries in OUT
+    for name in (MANIFEST_NAME, SETTINGS_NAME, DATASET_NAME):  # only this stage's own temporaries in OUT
         remove_dead_leftovers(out_dir, prefix=f".{Path(name).stem}.")
 
 
@@ -283,29 +319,36 @@ def build_spectrograms(
     data_dir: str | Path,
     out_dir: str | Path,
     *,
+    format: str = "auto",
+    label_map: dict[str, str | None] | None = None,
+    group_regex: str | None = None,
     jobs: int | None = None,
     include_unlabelled: bool = False,
     settings: audio.AudioSettings = audio.SETTINGS,
     max_seconds: float = audio.DEFAULT_MAX_SECONDS,
     progress: bool = True,
 ) -> StageSummary:
-    """Run the stage; return its summary.
+    """Run the stage on DATA in layout `format` (layouts.FORMATS, or "auto"); return its summary.
 
     Raises OutputError when OUT cannot hold the outputs (checked before any work) and
-    DatasetError when the csv is unusable. A recording longer than max_seconds is listed
-    as failed (refused from its header, before it is read).
+    layouts.LayoutError when the data cannot be read in that layout. A recording longer than
+    max_seconds is listed as failed (refused from its header, before it is read).
     """
     out_dir = Path(out_dir)
     _check_output_folder(out_dir)
-    recordings = read_dataset(data_dir)
-    if not include_unlabelled:
-        recordings = [recording for recording in recordings if recording.label]
+    layout = layouts.read_recordings(data_dir, format, label_map=label_map, group_regex=group_regex)
+    recordings = [recording for recording in layout.recordings if include_unlabelled or recording.label]
 
     manifest_path = out_dir / MANIFEST_NAME
-    summary = StageSummary(recordings=len(recordings), manifest=manifest_path)
+    summary = StageSummary(format=layout.format, format_reason=layout.reason, recordings=len(recordings),
+                           manifest=manifest_path)
     _prepare_output_folder(out_dir)
     previous = _previous_rows(manifest_path, summary.warnings)
-    present, refused = _sort_old_images(previous, out_dir)
+    present, refused = _sort_old_images(previous, out_dir)  # the old images: reused, or removed at the end
+    if previous and _previous_format(out_dir) != layout.format:  # another collection: nothing of it is reused
+        summary.warnings.append(f"{manifest_path}: made from another layout ({_previous_format(out_dir) or 'unknown'}, "
+                                f"now {layout.format}); every recording is remade")
+        previous = {}
     if refused:
         summary.warnings.append(
             f"{manifest_path}: {refused} row(s) name an image that is not a plain file inside "
@@ -315,36 +358,80 @@ def build_spectrograms(
     digest = settings.digest()
     rows_by_recording: dict[str, list[dict]] = {}
     to_make = []
+    items = []
     for recording in recordings:
+        problem = _name_problem(recording)
+        if problem:
+            summary.failed.append((os.fsdecode(recording.path), problem))
+            continue
+        item = stage_item(recording, layout.format)
+        items.append(item)
         try:
-            rows = _current_rows(recording, previous.get(recording.name), present, digest)
+            rows = _current_rows(item, previous.get(item.recording), present, digest)
         except OSError as error:
-            summary.failed.append((str(recording.path), f"cannot be read ({error.strerror})"))
+            summary.failed.append((str(item.path), f"cannot be read ({error.strerror})"))
             continue
         if rows is None:
-            to_make.append(recording)
+            to_make.append(item)
         else:
-            rows_by_recording[recording.name] = rows
+            rows_by_recording[item.recording] = rows
     summary.up_to_date = len(rows_by_recording)
 
     if to_make:
         for recording, rows, error in _run_parallel(to_make, out_dir, settings, max_seconds, jobs, progress):
             if error is None:
-                rows_by_recording[recording.name] = rows
+                rows_by_recording[recording.recording] = rows
                 summary.made += 1
             else:
                 summary.failed.append((str(recording.path), error))
 
-    ordered = [row for recording in recordings for row in rows_by_recording.get(recording.name, [])]
+    ordered = [row for item in items for row in rows_by_recording.get(item.recording, [])]
     summary.images = len(ordered)
     try:
-        atomic_write_json(out_dir / SETTINGS_NAME, settings.to_dict())
-        atomic_write_text(manifest_path, _manifest_text(ordered))
+        _write_if_changed(out_dir / SETTINGS_NAME, _json_text(settings.to_dict()))
+        _write_if_changed(out_dir / DATASET_NAME, _json_text(dataset_description(layout, data_dir, label_map)))
+        _write_if_changed(manifest_path, _manifest_text(ordered))
     except OSError as error:
         raise OutputError(f"{manifest_path}: cannot be written ({error.strerror})") from None
     if not summary.failed:
         _remove_stale_images(present, ordered, out_dir)
     return summary
+
+
+def dataset_description(layout: layouts.LayoutResult, data_dir, label_map: dict | None) -> dict:
+    """dataset.json: which collection the images are of, so that training can say what its groups are."""
+    return {
+        "format": layout.format, "format_reason": layout.reason, "data": os.fsdecode(Path(data_dir).resolve()),
+        "classes": layout.classes, "groups_are_patients": layout.groups_are_patients,
+        "label_map": {old: (new if new is not None else layouts.DROP) for old, new in (label_map or {}).items()},
+    }
+
+
+def read_dataset_description(out_dir: Path) -> dict | None:
+    """The folder's dataset.json as a dict, or None if it is absent or not one of ours (never follows a link)."""
+    path = Path(out_dir) / DATASET_NAME
+    if entry_kind(path) != "file":
+        return None
+    try:
+        with open(path, "rb") as handle:
+            description = json.loads(handle.read(MAX_DATASET_BYTES + 1).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return description if isinstance(description, dict) and isinstance(description.get("format"), str) else None
+
+
+def _previous_format(out_dir: Path) -> str | None:
+    description = read_dataset_description(out_dir)
+    return description["format"] if description else None
+
+
+def _name_problem(recording: layouts.Recording) -> str | None:
+    """Why a recording's name cannot go into the UTF-8 manifest, if it cannot."""
+    try:
+        recording.source.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 text (rename the file)"
+    return None
 
 
 def _worker_setup(parent_pid: int):
@@ -423,6 +510,26 @@ def _run_parallel(recordings, out_dir, settings, max_seconds, jobs, progress):
                     bar.update()
     finally:
         bar.close()
+
+
+def _json_text(value: dict) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write `text` atomically unless the file (a regular file, not a link) already holds exactly it.
+
+    A rerun with nothing changed then leaves the outputs' modification times alone, so that
+    make's next stage does not think them new.
+    """
+    data = text.encode("utf-8")
+    if entry_kind(path) == "file":
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return
+        except OSError:
+            pass  # unreadable: rewrite it
+    atomic_write_bytes(path, data)
 
 
 def _manifest_text(rows: list[dict]) -> str:

@@ -41,13 +41,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heartbeat import audio, metrics, model, report, runfolder, split
+from heartbeat import audio, layouts, metrics, model, report, runfolder, split
 from heartbeat import device as devices
-from heartbeat.dataset import CLASSES
 from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, atomic_write_text, entry_kind,
                               remove_dead_leftovers)
 from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
-from heartbeat.spectrograms import MANIFEST_NAME, SETTINGS_NAME
+from heartbeat.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
@@ -102,8 +101,9 @@ class Study:
     """The split: every window with its side (column is_valid), the split table, the classes, the majority class."""
     windows: pd.DataFrame
     split_table: pd.DataFrame
-    classes: list[str]
+    classes: list[str]  # the sorted labels of the data (after --label-map)
     majority_class: str  # the training side's most common class: the baseline's answer
+    dataset: dict  # stage 1's dataset.json: the layout, and whether its groups are patients
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Fit:
     window_probs: np.ndarray  # (validation windows, classes), in the order of the validation windows
     epoch_log: pd.DataFrame  # epoch, train_loss, valid_loss, error_rate
     lr: float  # the rate used: --lr, else lr_find's suggestion
-    lr_suggestion: float  # lr_find's "valley"
+    lr_suggestion: float | None  # lr_find's "valley"; None when the finder's loss diverged before it had a curve
     lr_curve: pd.DataFrame  # lr_find's curve: lr, loss
     class_weights: np.ndarray  # inverse class frequencies of the training windows (--balance)
 
@@ -147,14 +147,15 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     started = time.time()
     plan = Plan.resolve(settings)
     spectrograms_dir = Path(spectrograms_dir)
-    windows = read_spectrograms(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir, label_map=settings.label_map)
+    dataset = read_dataset(spectrograms_dir)
     if plan.mode == "features":
         feature_cache_dir(spectrograms_dir)
     runs_dir, run_dir = runfolder.run_location(run_dir, runs_dir, settings.name or settings.split)
     sources = read_sources(spectrograms_dir, settings, progress)
 
     with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
-        study = split_windows(windows, settings, split_table, work_dir)
+        study = split_windows(windows, settings, split_table, work_dir, dataset)
         fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
         result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
                            seconds=time.time() - started)
@@ -177,9 +178,13 @@ def read_sources(spectrograms_dir: Path, settings: TrainSettings, progress: bool
 
 
 def split_windows(windows: pd.DataFrame, settings: TrainSettings, split_table: pd.DataFrame | None,
-                  run_dir: Path) -> Study:
-    """The split by recording (all windows of a recording on one side), written to split.csv; checked usable."""
-    classes = [name for name in CLASSES if name in set(windows["label"])]
+                  run_dir: Path, dataset: dict) -> Study:
+    """The split by recording (all windows of a recording on one side), written to split.csv; checked usable.
+
+    Recordings are grouped by the manifest's patient_id, the layout's group (the patient, or the
+    recording itself where the layout names none).
+    """
+    classes = sorted(set(windows["label"]))
     if split_table is None:
         recordings = split.recordings_table(windows)
         split_table = split.make_split(recordings, settings.split, settings.valid_fraction, settings.seed)
@@ -194,18 +199,18 @@ def split_windows(windows: pd.DataFrame, settings: TrainSettings, split_table: p
         raise TrainError(f"--bs {settings.batch_size} is more than the {n_train_windows} training images: "
                          "no full batch to train on; give a smaller --bs")
     majority_class = split_table.loc[split_table["split"] == "train", "label"].value_counts().idxmax()
-    return Study(windows, split_table, classes, majority_class)
+    return Study(windows, split_table, classes, majority_class, dataset)
 
 
 # ---------------------------------------------------------------- the data
 
-def read_spectrograms(spectrograms_dir: Path) -> pd.DataFrame:
-    """Stage 1's manifest, labelled rows only, checked before any training.
+def read_spectrograms(spectrograms_dir: Path, label_map: str = "") -> pd.DataFrame:
+    """Stage 1's manifest, labelled rows only (label_map, --label-map's text, applied), checked before any training.
 
     The folder must have been made with this code's audio settings; the manifest must be UTF-8
     csv with the columns training reads, name only stage 1's own images (images/<name>.png,
-    regular files, never a path or a link out of the folder), and hold at least two of the
-    known classes. Anything else is a TrainError naming the file and the problem.
+    regular files, never a path or a link out of the folder), and hold at least two classes.
+    Anything else is a TrainError naming the file and the problem.
     """
     spectrograms_dir = Path(spectrograms_dir)
     manifest_path = spectrograms_dir / MANIFEST_NAME
@@ -218,7 +223,10 @@ def read_spectrograms(spectrograms_dir: Path) -> pd.DataFrame:
         raise TrainError(f"{settings_path}: {error} (rerun the spectrogram stage)") from None
     manifest = _read_manifest(manifest_path)
     _check_image_paths(manifest_path, manifest)
-    labelled = manifest[manifest["label"] != ""].reset_index(drop=True)
+    labelled = manifest[manifest["label"] != ""]
+    if label_map:
+        labelled = _map_labels(manifest_path, labelled, layouts.parse_label_map(label_map))
+    labelled = labelled.reset_index(drop=True)
     if labelled.empty:
         raise TrainError(f"{manifest_path}: no labelled images")
     _check_classes(manifest_path, labelled["label"])
@@ -259,16 +267,35 @@ def _check_image_paths(manifest_path: Path, manifest: pd.DataFrame) -> None:
                              "spectrograms folder (rerun the spectrogram stage)")
 
 
+def _map_labels(manifest_path: Path, labelled: pd.DataFrame, label_map: dict[str, str | None]) -> pd.DataFrame:
+    """The rows with their labels renamed, those mapped to drop left out; TrainError for a label the manifest lacks."""
+    labels = sorted(set(labelled["label"]))
+    unknown = sorted(set(label_map) - set(labels))
+    if unknown:  # a typo would otherwise change nothing, silently
+        raise TrainError(f"--label-map: {manifest_path} has no image labelled {', '.join(unknown)} "
+                         f"(its labels: {', '.join(labels)})")
+    mapped = labelled["label"].map(lambda label: label_map.get(label, label))
+    return labelled.assign(label=mapped)[mapped.notna()]
+
+
 def _check_classes(manifest_path: Path, labels: pd.Series) -> None:
-    """TrainError unless the labels are known classes, at least two of them (names the classes found)."""
+    """TrainError unless the labels are usable class names, at least two of them (names the classes found)."""
     found = sorted(set(labels))
-    unknown = [label for label in found if label not in CLASSES]
-    if unknown:
-        raise TrainError(f"{manifest_path}: unknown label(s) {', '.join(map(repr, unknown))}; classes found: "
-                         f"{', '.join(found)}; known: {', '.join(CLASSES)}")
+    unusable = [label for label in found if layouts.label_problem(label)]
+    if unusable:  # a class name becomes a column of predictions.csv and a word of model.json
+        raise TrainError(f"{manifest_path}: {layouts.label_problem(unusable[0])} (rerun the spectrogram stage)")
     if len(found) < 2:
         raise TrainError(f"{manifest_path}: the labelled images hold only one class ({found[0]}); "
                          "a classifier needs at least two")
+
+
+def read_dataset(spectrograms_dir: Path) -> dict:
+    """Stage 1's dataset.json (the layout, whether its groups are patients); TrainError if it is missing or not ours."""
+    description = read_dataset_description(spectrograms_dir)
+    if description is None or not isinstance(description.get("groups_are_patients"), bool):
+        raise TrainError(f"{Path(spectrograms_dir) / DATASET_NAME}: missing or not this version's (rerun the "
+                         "spectrogram stage)")
+    return description
 
 
 def feature_cache_dir(spectrograms_dir: Path) -> Path:
@@ -431,8 +458,14 @@ def fit(study: Study, plan: Plan, sources: Sources, *, scratch_dir: Path, progre
                                progress=progress)
     if not progress:
         quiet(trainer, learn)
-    lr_curve, lr_suggestion = find_lr(trainer)
+    if settings.lr is None:
+        lr_curve, lr_suggestion = find_lr(trainer)
+    else:  # a rate is given: the finder's 100 mock training steps would choose nothing
+        lr_curve, lr_suggestion = pd.DataFrame({"lr": [], "loss": []}), None
     lr = settings.lr or lr_suggestion
+    if lr is None:
+        raise TrainError(f"lr_find gave no suggestion: its loss diverged within {len(lr_curve)} steps on "
+                         f"{int((~study.windows['is_valid']).sum())} training images; give a rate with --lr")
     set_seed(settings.seed, reproducible=True)
     epoch_log = fit_stage(trainer, settings.epochs, lr, stage="training", lr=lr, first_epoch=0)
     if settings.unfreeze_epochs:
@@ -478,12 +511,19 @@ def quiet(*learners) -> None:
         learner.logger = lambda *args, **kwargs: None
 
 
-def find_lr(learner) -> tuple[pd.DataFrame, float]:
-    """fastai's lr_find: (its curve, columns lr and loss; its "valley" suggestion)."""
-    suggestion = learner.lr_find(show_plot=False)
+def find_lr(learner) -> tuple[pd.DataFrame, float | None]:
+    """fastai's lr_find: (its curve, columns lr and loss; its "valley" suggestion, or None).
+
+    fastai's suggestion skips the curve's first 10 and last 5 steps; when the loss diverges
+    before that (a handful of training images), it has nothing to choose from and fails: None.
+    """
+    try:
+        suggestion = float(learner.lr_find(show_plot=False).valley)
+    except IndexError:  # fastai's valley() on an empty curve
+        suggestion = None
     recorder = learner.recorder
     curve = pd.DataFrame({"lr": [float(lr) for lr in recorder.lrs], "loss": [float(loss) for loss in recorder.losses]})
-    return curve, float(suggestion.valley)
+    return curve, suggestion
 
 
 def fit_stage(learner, epochs: int, rates, *, stage: str, lr: float, first_epoch: int) -> pd.DataFrame:
@@ -540,7 +580,8 @@ def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan:
     ran = plan.settings_that_ran(lr=fitted.lr, lr_suggestion=fitted.lr_suggestion)
     atomic_write_json(work_dir / runfolder.CONFIG_FILE, {
         "train_settings": ran, "audio_settings": audio.SETTINGS.to_dict(), "spectrograms": str(sources.spectrograms_dir.resolve()),
-        "classes": study.classes, "majority_class": study.majority_class, "training_mode": TRAINING_MODES[plan.mode],
+        "dataset": study.dataset, "classes": study.classes, "majority_class": study.majority_class,
+        "training_mode": TRAINING_MODES[plan.mode],
         "weights": sources.weights_description, "class_weights": dict(zip(study.classes, map(float, fitted.class_weights))),
         "n_windows": {"train": int((~study.windows["is_valid"]).sum()), "valid": int(study.windows["is_valid"].sum())},
         "seconds": round(seconds, 1), **runfolder.provenance(),
@@ -575,6 +616,8 @@ def report_context(run_name: str, study: Study, plan: Plan, sources: Sources, ra
     if plan.settings.split == "random":
         notes.append(f"Random split by recording (the published protocol): {leaked} patients have recordings on both "
                      "sides, so validation figures are optimistic. The patient-grouped split (the default) does not allow this.")
+    if not study.dataset["groups_are_patients"]:
+        notes.append(report.recording_groups_sentence(study.dataset["format"]))
     if plan.mode == "scratch":
         notes.append("No pretrained weights: the whole network was trained from scratch.")
     elif plan.settings.weights:

@@ -29,12 +29,13 @@ def test_every_setting_has_its_flag_with_the_fields_default(command):
 def test_every_flag_reaches_its_setting():
     values = {"--split": "random", "--valid-fraction": "0.25", "--seed": "7", "--epochs": "2", "--bs": "3",
               "--image-size": "64", "--weights": "w.pth", "--offline": None, "--mode": "finetune", "--lr": "0.01",
-              "--unfreeze-epochs": "1", "--balance": "weights", "--device": "cpu", "--name": "x"}
+              "--unfreeze-epochs": "1", "--balance": "weights", "--device": "cpu", "--label-map": "murmur=abnormal",
+              "--name": "x"}
     args = parse("train", *[part for flag, value in values.items() for part in (flag, value) if part is not None])
     assert dataclasses.asdict(cli._train_settings(args)) == {
         "split": "random", "valid_fraction": 0.25, "seed": 7, "epochs": 2, "batch_size": 3, "image_size": 64,
         "pretrained": True, "weights": "w.pth", "offline": True, "mode": "finetune", "lr": 0.01, "unfreeze_epochs": 1,
-        "balance": "weights", "precision": "fp32", "device": "cpu", "name": "x"}
+        "balance": "weights", "precision": "fp32", "device": "cpu", "label_map": "murmur=abnormal", "name": "x"}
     assert cli._train_settings(parse("train", "--no-pretrained")).pretrained is False
 
 
