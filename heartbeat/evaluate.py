@@ -15,7 +15,7 @@ among the scored recordings), not the training set's.
   column of the confusion matrix shows it (the row of that class is all zeros).
 
 Writing: OUT receives exactly OUTPUTS, nothing else. Everything is made in memory first, then every
-file is staged beside its destination and renamed only once all are staged (report._write_all), so a
+file is staged beside its destination and renamed only once all are staged (report.write_all), so a
 failure leaves an earlier evaluation in OUT as it was, and a rerun replaces all five files (none can
 survive from an older evaluation). Nothing else in OUT is touched. OUT must not be (or be inside) the
 data or the model folder, and must not be a link: evaluate never writes where its inputs are.
@@ -201,7 +201,7 @@ def majority_class(labels: list[str], classes: list[str]) -> str:
 
 def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure]) -> tuple[dict[str, bytes], dict]:
     """{file name: bytes} for every one of OUTPUTS, and the metrics (as metrics.json)."""
-    from heartbeat.report import _json_bytes, _plain, _png_bytes, confusion_matrix_figure
+    from heartbeat.report import json_bytes, plain, png_bytes, confusion_matrix_figure
 
     classes = plan.predictor.classes
     labels = [recording.label for recording, _ in predictions]
@@ -209,14 +209,14 @@ def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure
     majority = majority_class(labels, classes)
     metrics = classification_metrics(labels, predicted, classes, majority_class=majority,
                                      normal_class=layouts.normal_class(classes))
-    metrics["context"] = _plain(evaluation_context(plan, predictions, failures, majority))
+    metrics["context"] = plain(evaluation_context(plan, predictions, failures, majority))
     matrix = metrics["confusion_matrix"]["matrix"]
     title = f"{plan.data_dir} ({plan.layout.format}), model {plan.predictor.model_id}"
     files = {
         PREDICTIONS_FILE: predictions_csv(predictions, classes).encode("utf-8", "backslashreplace"),
-        METRICS_FILE: _json_bytes(metrics),
-        CONFUSION_PNG: _png_bytes(confusion_matrix_figure(matrix, classes, f"Evaluated recordings: {title}")),
-        CONFUSION_JSON: _json_bytes({"classes": classes, "matrix": matrix, "model_id": plan.predictor.model_id,
+        METRICS_FILE: json_bytes(metrics),
+        CONFUSION_PNG: png_bytes(confusion_matrix_figure(matrix, classes, f"Evaluated recordings: {title}")),
+        CONFUSION_JSON: json_bytes({"classes": classes, "matrix": matrix, "model_id": plan.predictor.model_id,
                                      "data": _text(plan.data_dir), "format": plan.layout.format}),
         REPORT_FILE: render_markdown(metrics).encode("utf-8", "backslashreplace"),
     }
@@ -267,13 +267,13 @@ def predictions_csv(predictions: list, classes: list[str]) -> str:
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
     """Stage every file in OUT and rename them only once all are staged (a failure leaves OUT as it was)."""
-    from heartbeat.report import _write_all
+    from heartbeat.report import write_all
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:  # what a killed evaluation left while staging, once its writer is dead
             remove_dead_leftovers(out_dir, prefix=f".{Path(name).stem}.")
-        _write_all(out_dir, files)
+        write_all(out_dir, files)
     except OSError as error:
         raise EvaluationError(f"{out_dir}: the evaluation could not be written ({error.strerror or error})") from None
 
@@ -287,13 +287,13 @@ def _text(value) -> str:
 
 def render_markdown(metrics: dict) -> str:
     """report.md: the model, the data, the counts, every figure beside the majority baseline, the confusion matrix."""
-    from heartbeat.report import _fmt, _table
+    from heartbeat.report import format_number, markdown_table
 
     context = metrics["context"]
     baseline = metrics["majority_baseline"]
     lines = [f"# {context['title']}", "", _summary(metrics), ""]
 
-    lines += ["## Model and data", "", *_table(["item", "value"], [
+    lines += ["## Model and data", "", *markdown_table(["item", "value"], [
         ["model", f"{context['model_id']} ({context['model_dir']})"],
         ["model's classes", ", ".join(context["model_classes"])],
         ["data", context["data_dir"]],
@@ -307,7 +307,7 @@ def render_markdown(metrics: dict) -> str:
             ["unlabelled (not evaluated)", str(context["n_unlabelled"])]]
     rows += [[f"not scored: {label}", str(count)] for label, count in context["not_scored"].items()]
     rows += [["failed (could not be used)", str(len(context["failed"]))], ["scored", str(context["n_scored"])]]
-    lines += ["## Recordings", "", *_table(["", "recordings"], rows), ""]
+    lines += ["## Recordings", "", *markdown_table(["", "recordings"], rows), ""]
     if context["not_scored"]:
         lines += [f"Not scored: labels the model does not know ({', '.join(context['not_scored'])}); "
                   f"{context['not_scored_hint']}.", ""]
@@ -317,8 +317,8 @@ def render_markdown(metrics: dict) -> str:
         lines += ["Failed:", "", *shown, *([f"- and {more} more (see metrics.json)"] if more > 0 else []), ""]
 
     baseline_header = f"majority baseline (always {baseline['class']})"
-    figures = [[name, _fmt(model), _fmt(base)] for name, model, base in _figure_rows(metrics)]
-    lines += ["## Figures", "", *_table(["figure", "model", baseline_header], figures), ""]
+    figures = [[name, format_number(model), format_number(base)] for name, model, base in _figure_rows(metrics)]
+    lines += ["## Figures", "", *markdown_table(["figure", "model", baseline_header], figures), ""]
     notes = ["The baseline always answers the evaluated set's most common class; balanced accuracy is the mean "
              "recall over the classes present among the scored recordings."]
     confusion = metrics["confusion_matrix"]
@@ -337,7 +337,7 @@ def render_markdown(metrics: dict) -> str:
                      "Youden index = sensitivity + specificity − 1.")
     lines += [" ".join(notes), ""]
 
-    lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", "", *_table(
+    lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", "", *markdown_table(
         ["true \\ predicted", *confusion["classes"]],
         [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
     ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]

@@ -289,7 +289,7 @@ def prediction_pictures(predictions: pd.DataFrame, classes: Sequence[str], spect
     losses = prediction_grid_figure([(pixels, f"{title}\nloss {loss:.2f}", right, loss)
                                      for pixels, title, right, loss in wrong],
                                     "Most confidently wrong recordings", empty_text="no wrong predictions")
-    return {RESULTS_PNG: _png_bytes(results), TOP_LOSSES_PNG: _png_bytes(losses)}, None
+    return {RESULTS_PNG: png_bytes(results), TOP_LOSSES_PNG: png_bytes(losses)}, None
 
 
 def prediction_grid_figure(tiles: list[tuple], title: str, *, empty_text: str) -> Figure:
@@ -384,21 +384,21 @@ def write_report(
         predictions["label"].tolist(), predictions["predicted"].tolist(), classes,
         majority_class=majority_class, normal_class=layouts.normal_class(classes),
     )
-    metrics["context"] = _plain(context)
+    metrics["context"] = plain(context)
 
     split, weights = str(context["split"]), str(context["weights"])
     matrix = metrics["confusion_matrix"]["matrix"]
     files = {
-        METRICS_FILE: _json_bytes(metrics),
-        CONFUSION_PNG: _png_bytes(
+        METRICS_FILE: json_bytes(metrics),
+        CONFUSION_PNG: png_bytes(
             confusion_matrix_figure(matrix, classes, f"Validation recordings, {split} split, weights: {weights}")
         ),
-        CONFUSION_JSON: _json_bytes({"classes": classes, "matrix": matrix, "split": split, "weights": weights}),
+        CONFUSION_JSON: json_bytes({"classes": classes, "matrix": matrix, "split": split, "weights": weights}),
     }
     if epoch_log is not None and not epoch_log.empty:
-        files[TRAINING_CURVES_PNG] = _png_bytes(training_curves_figure(epoch_log))
+        files[TRAINING_CURVES_PNG] = png_bytes(training_curves_figure(epoch_log))
     if lr_find is not None and not lr_find.empty:
-        files[LR_FIND_PNG] = _png_bytes(lr_find_figure(lr_find["lr"], lr_find["loss"], context.get("lr_suggestion")))
+        files[LR_FIND_PNG] = png_bytes(lr_find_figure(lr_find["lr"], lr_find["loss"], context.get("lr_suggestion")))
     pictures, pictures_note = prediction_pictures(predictions, classes, spectrograms)
     files.update(pictures)
 
@@ -412,7 +412,7 @@ def write_report(
     markdown = _render_markdown(metrics, metrics["context"], n_valid_patients=n_valid_patients, images=images,
                                 pictures_note=pictures_note)
     files[REPORT_FILE] = markdown.encode("utf-8")
-    _write_all(run_dir, files)
+    write_all(run_dir, files)
     return metrics
 
 
@@ -574,16 +574,16 @@ def _read_numeric_table(folder: Path, name: str, columns: Sequence[str]) -> pd.D
     if not os.path.lexists(folder / name):
         return None
     path = folder / name
-    table = _read_table(folder, name)
-    missing = [column for column in columns if column not in table.columns]
+    frame = _read_table(folder, name)
+    missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise RunFolderError(f"{path}: lacks columns {missing}; it has {list(table.columns)[:10]}")
+        raise RunFolderError(f"{path}: lacks columns {missing}; it has {list(frame.columns)[:10]}")
     for column in columns:
         try:
-            table[column] = pd.to_numeric(table[column], errors="raise").astype(float)
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype(float)
         except (ValueError, TypeError):
             raise RunFolderError(f"{path}: column {column!r} holds values that are not numbers") from None
-    return table
+    return frame
 
 
 def _check_outputs(folder: Path) -> None:
@@ -613,23 +613,23 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
 
     lines += [_summary_paragraph(metrics, context, n_valid_patients), ""]
 
-    lines += ["## Figures", "", *_table(
+    lines += ["## Figures", "", *markdown_table(
         ["figure", "model", baseline_header],
-        [[name, _fmt(model_value), _fmt(baseline_value)]
+        [[name, format_number(model_value), format_number(baseline_value)]
          for name, model_value, baseline_value in _figure_rows(metrics)],
     ), ""]
     lines += [heart_problem_sentence(list(metrics["per_class"])) + " Balanced accuracy is the mean recall over "
               "the classes present among the scored recordings.", ""]
 
-    lines += ["## Per class", "", *_table(
+    lines += ["## Per class", "", *markdown_table(
         ["class", "precision", "recall", "F1", "support"],
-        [[name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"])]
+        [[name, format_number(row["precision"]), format_number(row["recall"]), format_number(row["f1"]), str(row["support"])]
          for name, row in metrics["per_class"].items()],
     ), ""]
 
     confusion = metrics["confusion_matrix"]
     lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
-    lines += [*_table(
+    lines += [*markdown_table(
         ["true \\ predicted", *confusion["classes"]],
         [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
     ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]
@@ -652,7 +652,7 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
     if images.get(LR_FIND_PNG):
         lines += ["## Learning-rate finder", "", f"![learning-rate finder]({LR_FIND_PNG})", ""]
 
-    lines += ["## Run", "", *_table(["item", "value"], [
+    lines += ["## Run", "", *markdown_table(["item", "value"], [
         ["split", str(context["split"])],
         ["weights", str(context["weights"])],
         ["training mode", str(context.get("training_mode", "n/a"))],
@@ -661,11 +661,11 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
 
     settings = context.get("settings") or {}
     if settings:
-        lines += ["## Settings", "", *_table(
+        lines += ["## Settings", "", *markdown_table(
             ["setting", "value"], [[str(key), _fmt_setting(value)] for key, value in settings.items()]
         ), ""]
 
-    lines += ["## Split sizes", "", *_table(["", "recordings", "patients"], [
+    lines += ["## Split sizes", "", *markdown_table(["", "recordings", "patients"], [
         ["train", _fmt_count(context.get("n_train_recordings")), _fmt_count(context.get("n_train_patients"))],
         ["validation", _fmt_count(metrics["n_recordings"]), _fmt_count(n_valid_patients)],
     ]), ""]
@@ -684,17 +684,17 @@ def _summary_paragraph(metrics: dict, context: dict, n_valid_patients) -> str:
     if abs(difference) < 5e-4:
         comparison = "the same as the baseline's"
     elif difference > 0:
-        comparison = f"{_fmt(difference)} lower than the baseline's"
+        comparison = f"{format_number(difference)} lower than the baseline's"
     else:
-        comparison = f"{_fmt(-difference)} higher than the baseline's"
+        comparison = f"{format_number(-difference)} higher than the baseline's"
     return (
         f"On {metrics['n_recordings']} validation recordings{patients} ({context['split']} split, "
-        f"weights: {context['weights']}), the model's error rate is **{_fmt(metrics['error_rate'])}**; "
+        f"weights: {context['weights']}), the model's error rate is **{format_number(metrics['error_rate'])}**; "
         f"a majority baseline that always answers \"{baseline['class']}\" has an error rate of "
-        f"**{_fmt(baseline['error_rate'])}**, so the model's is {comparison}. "
-        f"Balanced accuracy is {_fmt(metrics['balanced_accuracy'])} "
-        f"(baseline {_fmt(baseline['balanced_accuracy'])}) and macro-F1 {_fmt(metrics['macro_f1'])} "
-        f"(baseline {_fmt(baseline['macro_f1'])})."
+        f"**{format_number(baseline['error_rate'])}**, so the model's is {comparison}. "
+        f"Balanced accuracy is {format_number(metrics['balanced_accuracy'])} "
+        f"(baseline {format_number(baseline['balanced_accuracy'])}) and macro-F1 {format_number(metrics['macro_f1'])} "
+        f"(baseline {format_number(baseline['macro_f1'])})."
     )
 
 
@@ -757,18 +757,18 @@ def _save_png(figure: Figure, path) -> None:
         figure.savefig(tmp, format="png")
 
 
-def _png_bytes(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def _json_bytes(value) -> bytes:
-    # allow_nan=False: _plain has made NaN and infinity None, so the file is strict JSON.
+def json_bytes(value) -> bytes:
+    # allow_nan=False: plain has made NaN and infinity None, so the file is strict JSON.
     return (json.dumps(value, indent=2, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _write_all(folder: Path, files: dict[str, bytes]) -> None:
+def write_all(folder: Path, files: dict[str, bytes]) -> None:
     """Write every file atomically, renaming none until all are staged: a failure while staging
     (disk full, an interrupt) leaves every earlier file as it was."""
     with contextlib.ExitStack() as staged:
@@ -776,7 +776,7 @@ def _write_all(folder: Path, files: dict[str, bytes]) -> None:
             staged.enter_context(atomic_path(folder / name)).write_bytes(data)
 
 
-def _fmt(value) -> str:
+def format_number(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.3f}"
@@ -794,7 +794,7 @@ def _fmt_setting(value) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cells(values):
         # A "|" inside a cell would end the cell early.
         return "| " + " | ".join(str(value).replace("|", "\\|") for value in values) + " |"
@@ -802,16 +802,16 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(row) for row in rows)]
 
 
-def _plain(value):
+def plain(value):
     """A JSON-ready copy: numpy scalars/arrays to Python, paths to strings, NaN and infinity to None."""
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return plain(value.tolist())
     if isinstance(value, np.generic):
-        return _plain(value.item())
+        return plain(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, os.PathLike):
