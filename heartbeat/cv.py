@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
     Settings, folds, seeds, the manifest, the feature cache, every fold's split and the output
     folder are all checked before the first fold trains.
     """
+    started = time.time()
     spectrograms_dir, out_dir = Path(spectrograms_dir), Path(out_dir)
     settings.validate()
     resolve_device(settings.device)  # a device that is not there is refused before any fold
@@ -97,7 +99,8 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
     with atomic_directory(out_dir) as work_dir:
         results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
                                features=features, progress=progress) for seed, fold, split_table in runs]
-        return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds, dataset=dataset)
+        return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds, dataset=dataset,
+                              started=started)
 
 
 def classical_features(spectrograms_dir: Path, windows: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +143,7 @@ def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings,
 
 
 def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict], *, protocol: str, folds: int,
-                   seeds: list[int], dataset: dict) -> dict:
+                   seeds: list[int], dataset: dict, started: float) -> dict:
     """oof.csv, folds.csv, summary.json, the pooled confusion matrix, folds.png and report.md; returns the summary."""
     classes = results[0]["classes"]
     columns = ["recording", "patient_id", "label", "fold", "seed", "predicted", "windows"]
@@ -164,6 +167,7 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
         "leaked_patients_per_run": per_fold["leaked_patients"].tolist(), "settings": settings, "dataset": dataset,
         "classes": classes,
         "pooled_oof": pooled, "classical_pooled_oof": classical_pooled,
+        "seconds": round(time.time() - started, 1),  # the whole CV's wall time, every run and the baselines
     })
     atomic_write_json(work_dir / "summary.json", summary)
     matrix = pooled["confusion_matrix"]["matrix"]
@@ -216,7 +220,8 @@ def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: di
     lines = [f"# Cross-validation: {_protocol_name(protocol)}", ""]
     lines.append(f"{summary['n_runs']} runs (seeds {', '.join(map(str, summary['seeds']))}), "
                  f"{summary['n_recordings']} labelled recordings, {summary['n_oof_predictions']} out-of-fold predictions. "
-                 "Each figure: mean ± standard deviation over runs, and a 95 % t-interval of the mean.")
+                 "Each figure: mean ± standard deviation over runs, and a 95 % t-interval of the mean. "
+                 f"Wall time {summary['seconds'] / 60:.1f} min.")
     lines.append("")
     if protocol == "published":
         leaked = summary["leaked_patients_per_run"]
