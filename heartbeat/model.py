@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from heartbeat import nets
+
 # Where pretrained weights come from: heartbeat.weights (named here too, as train and cli use them through this module).
 from heartbeat.weights import WeightsError, imagenet_weights_path, load_pretrained_state  # noqa: F401
 
@@ -62,8 +64,15 @@ def resnet34_arch(state: dict | None):
     return resnet34
 
 
-def build_model(n_classes: int) -> nn.Module:
-    """The trained network's architecture (ResNet-34 body + fastai's default head), untrained."""
+def build_model(n_classes: int, arch: str = "resnet34", net: dict | None = None) -> nn.Module:
+    """The trained network's architecture, untrained: model.json's "arch" (and, for heartbeat.nets', its "net").
+
+    "resnet34": ResNet-34 body + fastai's default head; nets.ARCH: the `heartbeat` recipe's network.
+    """
+    if arch == nets.ARCH:
+        return nets.build(n_classes, net or {})
+    if arch != "resnet34":
+        raise ValueError(f"unknown arch {arch!r}")
     from fastai.vision.learner import create_vision_model
 
     return create_vision_model(resnet34_arch(None), n_classes, pretrained=False)
@@ -140,7 +149,7 @@ def load_model(run_dir: Path, *, pretrained_state: dict | None = None) -> tuple[
     run_dir = Path(run_dir)
     info = _read_model_info(run_dir / MODEL_FILE)
     if info.get("body_trained", True):  # runs saved before the lean folder held the whole network
-        network = build_model(len(info["classes"]))
+        network = _build_saved(run_dir / MODEL_FILE, info)
         _load_weights(network, run_dir / WEIGHTS_FILE)
         return network.eval(), info
     if pretrained_state is None:
@@ -154,6 +163,14 @@ def load_model(run_dir: Path, *, pretrained_state: dict | None = None) -> tuple[
     network = create_vision_model(resnet34_arch(pretrained_state), len(info["classes"]), pretrained=False)
     _load_weights(network[1], run_dir / HEAD_FILE)
     return network.eval(), info
+
+
+def _build_saved(path: Path, info: dict) -> nn.Module:
+    """build_model for model.json's arch and net; ModelError naming the file if they describe no network."""
+    try:
+        return build_model(len(info["classes"]), info.get("arch", "resnet34"), info.get("net"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{path}: not a network this code can build ({error})") from None
 
 
 def _read_model_info(path: Path) -> dict:
@@ -206,7 +223,7 @@ def export_onnx(network: nn.Module, image_size: int, path: Path) -> None:
 
     path = Path(path)
     data_name = path.name + ".data"
-    classifier = Classifier(network).eval()
+    classifier = (nets.Classifier(network) if isinstance(network, nets.HeartNet) else Classifier(network)).eval()
     example = torch.zeros(1, 1, image_size, image_size)
     with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as scratch, torch.no_grad():
         single_file = Path(scratch) / "single.onnx"

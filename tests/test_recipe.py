@@ -1,0 +1,163 @@
+"""heartbeat.recipe and heartbeat.nets: the `heartbeat` recipe's fit on a few synthetic windows (seconds).
+
+Validation windows are never augmented and are scored as predict scores them (the exported ONNX
+model on stage 1's images, within 1e-4); a fit repeats exactly per seed; the native input is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from heartbeat import audio, model, nets, recipe
+
+CLASSES = ["extrastole", "murmur", "normal"]
+# A tiny network, two short epochs, every lever on: what is tested is the plumbing, not what it learns.
+TINY = dataclasses.replace(recipe.RECIPE, levers=frozenset(recipe.LEVERS), channels=(8, 8), epochs=2, batch_size=4)
+
+
+def stage_one_image(label: str, seed: int, sounding: int = 512) -> np.ndarray:
+    """A 512x512 uint8 image as stage 1 makes them (bands repeated 4x), loud beats in a class-dependent band."""
+    rng = np.random.default_rng(seed)
+    bands = rng.integers(1, 60, (128, 512)).astype(np.uint8)
+    band = {"extrastole": 100, "murmur": 60, "normal": 20}[label]
+    bands[band:band + 10, ::50] = 250
+    bands[:, sounding:] = 0
+    return np.repeat(bands, 4, axis=0)
+
+
+@pytest.fixture(scope="module")
+def windows_dir(tmp_path_factory):
+    """(windows table with is_valid, spectrograms folder): 15 recordings, some with two windows, 4 of them validation."""
+    folder = tmp_path_factory.mktemp("spectrograms")
+    (folder / "images").mkdir()
+    rows = []
+    for index in range(15):
+        label = CLASSES[index % 3]
+        recording = f"{label}__{index}.wav"
+        n_windows = 2 if index % 4 == 0 else 1
+        for window in range(n_windows):
+            image = f"images/{label}__{index}_w{window:02d}.png"
+            sounding = 512 if n_windows == 2 else 300 + 10 * index
+            (folder / image).write_bytes(audio.encode_png(stage_one_image(label, 100 * index + window, sounding)))
+            rows.append({"image": image, "recording": recording, "label": label, "window": window,
+                         "start_s": 3.0 * window, "is_valid": index >= 11})
+    return pd.DataFrame(rows), folder
+
+
+def valid_images(windows: pd.DataFrame, folder) -> np.ndarray:
+    """The validation windows' stage-1 images as predict feeds them: (n, 1, 512, 512) float32 in [0, 1]."""
+    from PIL import Image
+
+    images = [np.asarray(Image.open(folder / name)) for name in windows.loc[windows["is_valid"], "image"]]
+    return model.images_to_tensor(images).numpy()
+
+
+@pytest.fixture(scope="module")
+def spied_fit(windows_dir):
+    """A fit with recipe.augmented wrapped: every window it augmented is recorded."""
+    windows, folder = windows_dir
+    seen = []
+    original = recipe.augmented
+
+    def spy(pixels, mel, chosen, rng):
+        seen.append(pixels.copy())
+        return original(pixels, mel, chosen, rng)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recipe, "augmented", spy)
+        fitted = recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=3, device=torch.device("cpu"))
+    return fitted, seen
+
+
+def test_only_training_windows_are_augmented(windows_dir, spied_fit):
+    windows, folder = windows_dir
+    fitted, seen = spied_fit
+    bands = {name: recipe.read_band_pixels(folder, [name])[0].tobytes() for name in windows["image"]}
+    train_bands = {bands[name] for name in windows.loc[~windows["is_valid"], "image"]}
+    valid_bands = {bands[name] for name in windows.loc[windows["is_valid"], "image"]}
+    n_train = int((~windows["is_valid"]).sum())
+    assert len(seen) == TINY.epochs * n_train  # every training window drawn each epoch (fastai then drops a partial batch)
+    assert all(pixels.tobytes() in train_bands for pixels in seen)
+    assert not any(pixels.tobytes() in valid_bands for pixels in seen)
+
+
+def test_validation_probabilities_are_the_exported_models_on_stage_one_images(windows_dir, spied_fit, tmp_path):
+    import onnxruntime
+
+    windows, folder = windows_dir
+    fitted, _ = spied_fit
+    images = valid_images(windows, folder)
+    assert fitted.window_probs.shape == (len(images), len(CLASSES))
+    model.export_onnx(fitted.network, 512, tmp_path / model.ONNX_FILE)
+    session = onnxruntime.InferenceSession(str(tmp_path / model.ONNX_FILE), providers=["CPUExecutionProvider"])
+    exported = session.run(["probabilities"], {"image": images})[0]
+    assert np.abs(exported - fitted.window_probs).max() < 1e-4
+    assert not fitted.network.training
+    assert list(fitted.epoch_log.columns) == ["epoch", "train_loss", "valid_loss", "error_rate"]
+    assert len(fitted.epoch_log) == TINY.epochs
+
+
+def test_a_saved_heartnet_loads_back_to_the_same_network(spied_fit, tmp_path):
+    fitted, _ = spied_fit
+    info = {"model_id": "test", "classes": CLASSES, "image_size": 512, **nets.model_info(fitted.network)}
+    model.save_model(tmp_path, fitted.network, info, body_trained=True, body_state_digest=None)
+    loaded, saved_info = model.load_model(tmp_path)
+    grey = torch.rand(2, 1, 512, 512)
+    with torch.no_grad():
+        assert torch.equal(nets.Classifier(loaded)(grey), nets.Classifier(fitted.network)(grey))
+    assert saved_info["arch"] == nets.ARCH
+
+
+def test_a_model_json_naming_no_buildable_network_is_a_model_error(spied_fit, tmp_path):
+    fitted, _ = spied_fit
+    info = {"model_id": "test", "classes": CLASSES, "image_size": 512, "arch": nets.ARCH, "net": {"kind": "cnn9d"}}
+    model.save_model(tmp_path, fitted.network, info, body_trained=True, body_state_digest=None)
+    with pytest.raises(model.ModelError, match="model.json: not a network this code can build"):
+        model.load_model(tmp_path)
+
+
+def test_a_fit_repeats_exactly_per_seed_and_differs_with_another(windows_dir, spied_fit):
+    windows, folder = windows_dir
+    fitted, _ = spied_fit
+    again = recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=3, device=torch.device("cpu"))
+    other = recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=4, device=torch.device("cpu"))
+    assert np.array_equal(again.window_probs, fitted.window_probs)
+    assert not np.array_equal(other.window_probs, fitted.window_probs)
+
+
+def test_the_native_input_is_exactly_the_bands():
+    bands = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 128, 512)).astype(np.float32) / 255)
+    image = bands.repeat_interleave(nets.ROWS_PER_BAND, dim=2)  # stage 1's 512 rows
+    assert torch.equal(nets.native_input(image), bands)
+    network = nets.HeartNet(3, channels=(8, 8)).eval()
+    with torch.no_grad():
+        assert torch.equal(nets.Classifier(network)(image), torch.softmax(network(bands), dim=1))
+
+
+def test_band_norm_removes_a_fixed_frequency_response():
+    bands = torch.rand(2, 1, 128, 512) * 0.5 + 0.25
+    bands[..., 400:] = 0  # padded silence
+    colour = torch.linspace(-0.2, 0.2, 128).view(1, 1, 128, 1)
+    coloured = torch.where(bands > 0, bands + colour, bands)
+    levels, sounding = nets.BandNorm()(bands)
+    coloured_levels, _ = nets.BandNorm()(coloured)
+    assert torch.allclose(levels, coloured_levels, atol=1e-5)
+    assert not levels[..., 400:].any() and sounding[..., :400].all() and not sounding[..., 400:].any()
+
+
+def test_levers_switch_parts_of_the_recipe_off_by_name():
+    assert recipe.RECIPE.levers == recipe.DEFAULT_LEVERS <= set(recipe.LEVERS)
+    plain = recipe.RECIPE.with_levers([])
+    assert plain.network(3).band_norm is None and recipe.RECIPE.network(3).band_norm is not None
+    pixels = np.full((128, 512), 100, dtype=np.uint8)
+    mel = np.random.default_rng(0).integers(1, 256, (128, 900)).astype(np.uint8)
+    assert np.array_equal(recipe.augmented(pixels, mel, plain, np.random.default_rng(0)), pixels)
+    assert not np.array_equal(recipe.augmented(pixels, mel, recipe.RECIPE.with_levers(["random_windows"]),
+                                               np.random.default_rng(0)), pixels)
+    with pytest.raises(ValueError, match="unknown lever"):
+        recipe.RECIPE.with_levers(["random_windows", "mixup"])
