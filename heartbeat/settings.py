@@ -20,6 +20,15 @@ from dataclasses import dataclass
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which fastai's set_seed calls, takes 0 .. 2**32-1
 MAX_IMAGE_SIZE = 2048  # 4x the published 512 px; one batch of ResNet-34 activations beyond it outgrows a workstation
 NOT_APPLICABLE = "n/a"  # a resolved setting that the run's mode does not use
+STAGE1_IMAGE_SIZE = 512  # audio.SETTINGS.image_size, the spectrograms' size (not imported: numpy; a test checks)
+RECIPES = ("published", "heartbeat")
+PUBLISHED_EPOCHS = 5  # the published recipe's one-cycle epochs
+PUBLISHED_BATCH_SIZE = 4  # and its batch size
+# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat.recipe.LEVERS says what each
+# does; a test checks the two lists agree); the recipe's own choice is recipe.DEFAULT_LEVERS.
+LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_colour")
+DEFAULT_LEVERS = "default"  # --levers' default: the recipe's chosen levers
+NO_LEVERS = "none"
 
 
 class TrainError(RuntimeError):
@@ -93,6 +102,18 @@ def label_map_text(text: str) -> str:
     return text
 
 
+def lever_list(text: str) -> str:
+    """--levers: all, none, or comma-separated names of LEVERS; returned sorted and without repeats."""
+    if text in (DEFAULT_LEVERS, NO_LEVERS):
+        return text
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in LEVERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown lever(s) {', '.join(map(repr, unknown))}; known: "
+                                         f"{', '.join(LEVERS)}, or {DEFAULT_LEVERS} or {NO_LEVERS}")
+    return ",".join(name for name in LEVERS if name in names)
+
+
 def run_name(text: str) -> str:
     """--name: part of one folder's name, so never a path (no '/'), nor hidden (temporary names start with '.')."""
     if not _is_plain_name(text):
@@ -131,8 +152,18 @@ class TrainSettings:
                                     "as published)", type=fraction)
     seed: int = setting(42, "--seed", f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)",
                         type=seed_number)
-    epochs: int = setting(5, "--epochs", "one-cycle epochs (default: %(default)s, as published)", type=positive_int)
-    batch_size: int = setting(4, "--bs", "batch size (default: %(default)s, as published)", type=positive_int)
+    # "published": the study's ResNet-34 recipe; "heartbeat": heartbeat.recipe's small CNN (README "Model quality")
+    recipe: str = setting("published", "--recipe", "published: the study's ResNet-34 with lr_find and one-cycle "
+                          "(default); heartbeat: a small CNN on the native 128 mel bands, trained from scratch with "
+                          "random windows and augmentation (the README's 'Model quality' section)", choices=RECIPES)
+    levers: str = setting(DEFAULT_LEVERS, "--levers", f"--recipe heartbeat only: the levers on, comma-separated from "
+                          f"{', '.join(LEVERS)}; or {NO_LEVERS}; {DEFAULT_LEVERS} (the default): the recipe's chosen "
+                          "ones (README 'Model quality')", type=lever_list, metavar="LIST")
+    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.recipe.RECIPE's)
+    epochs: int | None = setting(None, "--epochs", f"one-cycle epochs (default: the recipe's; {PUBLISHED_EPOCHS} in the "
+                                 "published one, as published)", type=positive_int)
+    batch_size: int | None = setting(None, "--bs", f"batch size (default: the recipe's; {PUBLISHED_BATCH_SIZE} in the "
+                                     "published one, as published)", type=positive_int)
     image_size: int = setting(512, "--image-size", f"network input size in px, 1 to {MAX_IMAGE_SIZE}; images are resized "
                               "(default: %(default)s, the spectrograms at full size, as published)", type=image_pixels)
     # ImageNet body (frozen); False: train the whole network from scratch
@@ -174,12 +205,18 @@ class TrainSettings:
                          "--bs": (self.batch_size, 1, None), "--image-size": (self.image_size, 1, MAX_IMAGE_SIZE),
                          "--unfreeze-epochs": (self.unfreeze_epochs, 0, None)}
         for flag, (value, low, high) in whole_numbers.items():
+            if value is None and flag in ("--epochs", "--bs"):  # the recipe's own
+                continue
             whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
             if not whole or value < low or (high is not None and value > high):
                 bounds = f"at least {low}" if high is None else f"between {low} and {high}"
                 raise ValueError(f"{flag} must be a whole number {bounds}, not {value!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive finite number, not {self.lr!r}")
+        try:
+            lever_list(self.levers if isinstance(self.levers, str) else repr(self.levers))
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"--levers: {error}") from None
         if self.label_map:
             from heartbeat.layouts import parse_label_map
 
@@ -190,6 +227,10 @@ class TrainSettings:
 
     def check_combination(self) -> None:
         """ValueError for flags that would do nothing together: the run would not be the one asked for."""
+        if self.recipe == "heartbeat":
+            self._check_heartbeat_recipe()
+        elif self.levers != DEFAULT_LEVERS:
+            raise ValueError(f"--levers {self.levers} does nothing with the published recipe: add --recipe heartbeat")
         if not self.pretrained and self.mode == "finetune":
             raise ValueError("--mode finetune does nothing with --no-pretrained (there is no pretrained body to "
                              "fine-tune; the whole network trains from scratch): drop one of them")
@@ -198,9 +239,36 @@ class TrainSettings:
                              f"with pretrained weights; it does nothing with "
                              f"{'--no-pretrained' if not self.pretrained else '--mode finetune'}: drop it")
 
+    def _check_heartbeat_recipe(self) -> None:
+        """The published recipe's flags that the heartbeat recipe has no use for are refused, not ignored."""
+        unused = {"--weights": self.weights is not None, "--mode finetune": self.mode == "finetune",
+                  f"--precision {self.precision}": self.precision != "fp32",
+                  f"--balance {self.balance}": self.balance != "none",
+                  f"--unfreeze-epochs {self.unfreeze_epochs}": self.unfreeze_epochs != 0,
+                  f"--image-size {self.image_size}": self.image_size != STAGE1_IMAGE_SIZE}
+        given = [flag for flag, is_given in unused.items() if is_given]
+        if given:
+            raise ValueError(f"{given[0]} does nothing with --recipe heartbeat (its network is trained from scratch "
+                             "on the full-size spectrograms; class balance is its oversample lever): drop it")
+
     def training_mode(self) -> str:
-        """The mode that runs: "features", "finetune", or "scratch" (no pretrained body to freeze)."""
+        """The mode that runs: "features", "finetune", "scratch" (no pretrained body to freeze), or "heartbeat"."""
+        if self.recipe == "heartbeat":
+            return "heartbeat"
         return self.mode if self.pretrained else "scratch"
+
+    def effective(self) -> TrainSettings:
+        """These settings with the recipe's own values where none were given (what a run uses and records)."""
+        if self.recipe == "published":
+            return dataclasses.replace(self, epochs=self.epochs or PUBLISHED_EPOCHS,
+                                       batch_size=self.batch_size or PUBLISHED_BATCH_SIZE)
+        from heartbeat.recipe import RECIPE  # torch: only once a run starts
+
+        chosen = ",".join(name for name in LEVERS if name in RECIPE.levers)
+        levers = chosen if self.levers == DEFAULT_LEVERS else self.levers
+        return dataclasses.replace(self, pretrained=False, epochs=self.epochs or RECIPE.epochs,
+                                   batch_size=self.batch_size or RECIPE.batch_size, lr=self.lr or RECIPE.lr,
+                                   levers=levers)
 
 
 def settings_from_arguments(arguments: argparse.Namespace, command: str) -> TrainSettings:
@@ -218,4 +286,5 @@ def resolved(settings: TrainSettings, *, device: str, device_name: str, precisio
     """
     mode = settings.training_mode()
     return {**dataclasses.asdict(settings), "mode": mode, "device": device, "device_name": device_name,
-            "precision": precision if mode == "features" else NOT_APPLICABLE, "lr": lr, "lr_suggestion": lr_suggestion}
+            "precision": precision if mode == "features" else NOT_APPLICABLE, "lr": lr, "lr_suggestion": lr_suggestion,
+            "levers": settings.levers if settings.recipe == "heartbeat" else NOT_APPLICABLE}

@@ -62,6 +62,8 @@ TRAINING_MODES = {  # the resolved mode -> what config.json and the report say o
     "features": "features: frozen body (BatchNorm statistics included) run once, head trained on its outputs",
     "finetune": "finetune: frozen body with trainable BatchNorm (fastai default), head trained on images",
     "scratch": "scratch: whole network trained on images from random weights (no pretrained body to freeze)",
+    "heartbeat": "heartbeat recipe: a small CNN on the native 128 mel bands, trained from scratch on augmented "
+                 "random windows (heartbeat.recipe)",
 }
 
 
@@ -144,6 +146,7 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     """
     settings = settings or TrainSettings()
     settings.validate()
+    settings = settings.effective()  # the recipe's own epochs, batch size (and rate) where none were given
     started = time.time()
     plan = Plan.resolve(settings)
     spectrograms_dir = Path(spectrograms_dir)
@@ -443,9 +446,14 @@ def feature_dataloaders(features: torch.Tensor, targets: np.ndarray, is_valid: n
 # ---------------------------------------------------------------- fit
 
 def fit(study: Study, plan: Plan, sources: Sources, *, scratch_dir: Path, progress: bool) -> Fit:
-    """lr_find and one-cycle training as published (then the optional unfrozen stage); validation probabilities."""
+    """lr_find and one-cycle training as published (then the optional unfrozen stage); validation probabilities.
+
+    The heartbeat recipe trains its own network instead (fit_recipe).
+    """
     from fastai.vision.all import set_seed
 
+    if plan.mode == "heartbeat":
+        return fit_recipe(study, plan, sources, progress)
     settings = plan.settings
     train_labels = study.windows.loc[~study.windows["is_valid"], "label"]
     class_weights, loss_func = class_balance(train_labels, study.classes, settings.balance)
@@ -476,6 +484,23 @@ def fit(study: Study, plan: Plan, sources: Sources, *, scratch_dir: Path, progre
     scorer = trainer if plan.mode == "features" and not settings.unfreeze_epochs else learn
     return Fit(network=learn.model.eval(), window_probs=validation_probabilities(scorer, lr), epoch_log=epoch_log,
                lr=lr, lr_suggestion=lr_suggestion, lr_curve=lr_curve, class_weights=class_weights)
+
+
+def fit_recipe(study: Study, plan: Plan, sources: Sources, progress: bool) -> Fit:
+    """The heartbeat recipe (heartbeat.recipe) with the run's levers, epochs, batch size and rate."""
+    from heartbeat import recipe as recipes
+
+    settings = plan.settings
+    levers = [] if settings.levers == "none" else settings.levers.split(",")
+    chosen = dataclasses.replace(recipes.RECIPE.with_levers(levers), epochs=settings.epochs,
+                                 batch_size=settings.batch_size, lr=settings.lr)
+    fitted = recipes.fit_heartbeat(study.windows, study.classes, sources.spectrograms_dir, chosen, seed=settings.seed,
+                                   device=plan.device, progress=progress)
+    if not np.isfinite(fitted.window_probs).all() or not np.isfinite(fitted.epoch_log["train_loss"]).all():
+        raise TrainError(f"training diverged: the loss or the validation probabilities are not finite (learning rate "
+                         f"{settings.lr:.3g}); no run was written; try a lower --lr")
+    return Fit(network=fitted.network, window_probs=fitted.window_probs, epoch_log=fitted.epoch_log, lr=fitted.lr,
+               lr_suggestion=None, lr_curve=fitted.lr_curve, class_weights=fitted.class_weights)
 
 
 def image_learner(study: Study, plan: Plan, sources: Sources, *, loss_func, class_weights: np.ndarray,
@@ -595,9 +620,12 @@ def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan:
 
 def save_network(work_dir: Path, run_name: str, network, classes: list[str], plan: Plan, body_digest: str | None) -> None:
     """Torch weights where training changed them (model.save_model), model.json, and the ONNX export for predict."""
+    from heartbeat import nets
+
     image_size = plan.settings.image_size
+    arch = nets.model_info(network) if isinstance(network, nets.HeartNet) else {"arch": "resnet34"}
     model_info = {
-        "model_id": run_name, "arch": "resnet34", "classes": classes, "image_size": image_size,
+        "model_id": run_name, **arch, "classes": classes, "image_size": image_size,
         "audio_settings": audio.SETTINGS.to_dict(), "onnx_file": model.ONNX_FILE,
         "input": "grayscale spectrogram window in [0, 1], (n, 1, image_size, image_size); output: class probabilities",
         "combine_windows": "mean of window probabilities",

@@ -26,19 +26,19 @@ def make_layout(root, format):
     return data, regex
 
 
-def tiny(weights, **changes) -> TrainSettings:
-    # features mode on the stand-in body: only the small head trains
-    return TrainSettings(weights=str(weights), image_size=32, epochs=1, batch_size=2, lr=1e-3, **changes)
+def tiny(**changes) -> TrainSettings:
+    # the heartbeat recipe's small network, one epoch: the quickest run that goes through every step
+    return TrainSettings(recipe="heartbeat", epochs=1, batch_size=2, **changes)
 
 
 @pytest.mark.parametrize("format", layouts.FORMATS)
-def test_every_layout_goes_through_spectrograms_and_train(format, tmp_path, standin_weights):
+def test_every_layout_goes_through_spectrograms_and_train(format, tmp_path):
     data, regex = make_layout(tmp_path, format)
     layout = layouts.read_recordings(data, format, group_regex=regex)
     labelled = [recording for recording in layout.recordings if recording.label]
 
     out = tmp_path / "spectrograms"
-    summary = build_spectrograms(data, out, group_regex=regex, jobs=1, progress=False)  # format detected
+    summary = build_spectrograms(data, out, group_regex=regex, jobs=2, progress=False)  # format detected, in parallel
     assert (summary.format, summary.failed) == (format, [])
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     items = {stage_item(recording, format).recording: recording for recording in labelled}
@@ -52,7 +52,7 @@ def test_every_layout_goes_through_spectrograms_and_train(format, tmp_path, stan
     again = build_spectrograms(data, out, group_regex=regex, jobs=1, progress=False)
     assert (again.made, again.up_to_date) == (0, len(labelled))  # incremental for every layout
 
-    result = train(out, tmp_path / "run", tiny(standin_weights), progress=False)
+    result = train(out, tmp_path / "run", tiny(), progress=False)
     assert result.classes == layout.classes == sorted({recording.label for recording in labelled})
     split = pd.read_csv(result.run_dir / "split.csv", dtype=str)
     assert split.groupby("patient_id")["split"].nunique().max() == 1  # no group on both sides
@@ -77,7 +77,7 @@ def test_every_layout_goes_through_spectrograms_and_train(format, tmp_path, stan
     assert {key: saved[key] for key in recomputed} == recomputed
 
 
-def test_label_map_at_stage_one_and_at_training(tmp_path, standin_weights):
+def test_label_map_at_stage_one_and_at_training(tmp_path):
     data, _ = make_layout(tmp_path, "pascal-a")
     out = tmp_path / "spectrograms"
     summary = build_spectrograms(data, out, label_map=layouts.parse_label_map("artifact=drop,extrahls=murmur"),
@@ -95,7 +95,7 @@ def test_label_map_at_stage_one_and_at_training(tmp_path, standin_weights):
     assert (relabelled.made, relabelled.up_to_date) == (0, len(kept))
     assert "extrahls" in set(pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)["label"])
 
-    result = train(out, tmp_path / "run", tiny(standin_weights, label_map="murmur=abnormal,extrahls=drop"),
+    result = train(out, tmp_path / "run", tiny(label_map="murmur=abnormal,extrahls=drop"),
                    progress=False)
     assert result.classes == ["abnormal", "normal"]
     assert json.loads((result.run_dir / "config.json").read_text())["train_settings"]["label_map"] == \

@@ -35,7 +35,8 @@ def test_every_flag_reaches_its_setting():
     assert dataclasses.asdict(cli._train_settings(args)) == {
         "split": "random", "valid_fraction": 0.25, "seed": 7, "epochs": 2, "batch_size": 3, "image_size": 64,
         "pretrained": True, "weights": "w.pth", "offline": True, "mode": "finetune", "lr": 0.01, "unfreeze_epochs": 1,
-        "balance": "weights", "precision": "fp32", "device": "cpu", "label_map": "murmur=abnormal", "name": "x"}
+        "balance": "weights", "precision": "fp32", "device": "cpu", "label_map": "murmur=abnormal", "name": "x",
+        "recipe": "published", "levers": "default"}
     assert cli._train_settings(parse("train", "--no-pretrained")).pretrained is False
 
 
@@ -58,6 +59,12 @@ def test_help_shows_each_fields_help_and_choices(capsys):
     (["--precision", "auto", "--no-pretrained"], ["--precision auto", "--no-pretrained"]),
     (["--precision", "bf16", "--mode", "finetune"], ["--precision bf16", "--mode finetune"]),
     (["--precision", "auto", "--mode", "finetune"], ["--precision auto", "--mode finetune"]),
+    (["--levers", "specaugment"], ["--levers specaugment", "--recipe heartbeat"]),
+    (["--recipe", "heartbeat", "--weights", "w.pth"], ["--weights", "--recipe heartbeat"]),
+    (["--recipe", "heartbeat", "--mode", "finetune"], ["--mode finetune", "--recipe heartbeat"]),
+    (["--recipe", "heartbeat", "--balance", "weights"], ["--balance weights", "--recipe heartbeat"]),
+    (["--recipe", "heartbeat", "--unfreeze-epochs", "1"], ["--unfreeze-epochs 1", "--recipe heartbeat"]),
+    (["--recipe", "heartbeat", "--image-size", "64"], ["--image-size 64", "--recipe heartbeat"]),
 ])
 @pytest.mark.parametrize("command", ["train", "cv"])
 def test_flags_that_do_nothing_together_are_refused_before_anything_runs(command, flags, named, tmp_path, capsys):
@@ -79,6 +86,36 @@ def test_combinations_that_do_something_are_accepted():
         settings.validate()
 
 
+def test_stage1_image_size_is_the_audio_settings():
+    from heartbeat import audio
+    from heartbeat.settings import STAGE1_IMAGE_SIZE
+
+    assert STAGE1_IMAGE_SIZE == audio.SETTINGS.image_size
+
+
+def test_levers_flag_takes_known_names_in_one_order(capsys):
+    assert parse("train", "--levers", "specaugment,random_windows,specaugment").levers == "random_windows,specaugment"
+    assert parse("train", "--levers", "none").levers == "none"
+    with pytest.raises(SystemExit):
+        parse("train", "--levers", "specaugment,mixup")
+    assert "unknown lever(s) 'mixup'" in capsys.readouterr().err
+
+
+def test_effective_settings_fill_in_the_recipes_own_values():
+    from heartbeat.recipe import LEVERS, RECIPE
+    from heartbeat.settings import LEVERS as LEVER_NAMES
+
+    assert tuple(LEVERS) == LEVER_NAMES  # the flag's names are the recipe's
+    published = TrainSettings().effective()
+    assert (published.epochs, published.batch_size, published.lr, published.pretrained) == (5, 4, None, True)
+    heartbeat = TrainSettings(recipe="heartbeat").effective()
+    assert (heartbeat.epochs, heartbeat.batch_size, heartbeat.lr) == (RECIPE.epochs, RECIPE.batch_size, RECIPE.lr)
+    assert heartbeat.pretrained is False and heartbeat.training_mode() == "heartbeat"  # never downloads weights
+    assert set(heartbeat.levers.split(",")) == set(RECIPE.levers)
+    given = TrainSettings(recipe="heartbeat", epochs=2, batch_size=8, lr=0.01, levers="none").effective()
+    assert (given.epochs, given.batch_size, given.lr, given.levers) == (2, 8, 0.01, "none")
+
+
 def test_resolved_settings_say_what_ran():
     scratch = resolved(TrainSettings(pretrained=False, lr=None), device="cpu", device_name="A CPU", precision="bf16",
                        lr=0.004, lr_suggestion=0.004)
@@ -93,6 +130,10 @@ def test_resolved_settings_say_what_ran():
                         lr=0.003, lr_suggestion=0.003)
     assert (features["mode"], features["precision"]) == ("features", "fp32")  # "auto" resolved on a CPU without bf16
     assert set(features) == set(FIELDS) | {"device_name", "lr_suggestion"}
+    assert features["levers"] == NOT_APPLICABLE  # the published recipe has none
+    heartbeat = resolved(TrainSettings(recipe="heartbeat", levers="band_norm"), device="cpu", device_name="A CPU",
+                         precision="fp32", lr=0.003, lr_suggestion=None)
+    assert (heartbeat["mode"], heartbeat["levers"], heartbeat["precision"]) == ("heartbeat", "band_norm", NOT_APPLICABLE)
 
 
 def test_report_and_predict_read_the_names_training_writes():

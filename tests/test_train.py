@@ -168,7 +168,16 @@ def test_report_command_recomputes_the_same_metrics(trained_run, tmp_path, capsy
 
 
 def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_weights, tmp_path, monkeypatch):
+    from heartbeat import augment, recipe
+
     initial = record_initial_network(monkeypatch)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the published recipe used the heartbeat recipe's code")
+
+    for name in [name for name in vars(augment) if not name.startswith("_") and callable(getattr(augment, name))]:
+        monkeypatch.setattr(augment, name, refuse)  # no augmentation anywhere in a published run
+    monkeypatch.setattr(recipe, "fit_heartbeat", refuse)
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     loaded = torch.load(standin_weights, weights_only=True)
@@ -181,6 +190,27 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
     assert all(torch.equal(initial[key], loaded[key]) for key in body), "the weights file was not what the body started from"
     assert "features" in json.loads((run / "config.json").read_text())["training_mode"]
     assert "file " in (run / "report.md").read_text()
+
+
+def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
+    from heartbeat import nets, predict
+    from heartbeat.recipe import RECIPE
+
+    settings = TrainSettings(recipe="heartbeat", epochs=1, batch_size=8, seed=1)
+    result = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    info = json.loads((result.run_dir / "model.json").read_text())
+    assert (info["arch"], info["image_size"], info["body_trained"]) == (nets.ARCH, 512, True)
+    ran = json.loads((result.run_dir / "config.json").read_text())["train_settings"]
+    assert (ran["mode"], ran["pretrained"], ran["epochs"], ran["lr"]) == ("heartbeat", False, 1, RECIPE.lr)
+    assert set(ran["levers"].split(",")) == set(RECIPE.levers)
+    reloaded, _ = model.load_model(result.run_dir)
+    assert isinstance(reloaded, nets.HeartNet)
+    predictor = predict.load_predictor(result.run_dir)  # predict unchanged: ONNX, same windows, mean of windows
+    for row in result.predictions.head(5).itertuples():
+        answer = predictor.predict_file(trained_run["data"] / "set_b" / row.recording)
+        assert answer.windows == row.windows
+        expected = [getattr(row, f"prob_{name}") for name in result.classes]
+        np.testing.assert_allclose([answer.probabilities[name] for name in result.classes], expected, atol=1e-4)
 
 
 def test_no_pretrained_trains_the_whole_body(trained_run):
