@@ -16,7 +16,7 @@ JOBS ?=# worker processes for stage 1 (empty: one per core)
 SPECTROGRAM_FLAGS ?=# e.g. --include-unlabelled, --label-map noisynormal=normal, --group-regex '^(\d+)_'
 RUNS ?= data/runs# training runs; RUNS/latest points to the newest
 WEIGHTS ?=# ResNet-34 ImageNet weights file (default: the torch hub cache under TORCH_HOME)
-TRAIN_FLAGS ?=# e.g. --no-pretrained, --split random, --mode finetune, --epochs 10
+TRAIN_FLAGS ?=# e.g. --recipe heartbeat, --no-pretrained, --split random, --mode finetune, --epochs 10
 CV_FLAGS ?= --folds 5# e.g. --seeds 1,2,3 --protocol published --balance weights
 EVAL_DATA ?=# make evaluate: the labelled data folder to run a model on (any layout)
 EVAL_FORMAT ?= auto# its layout (auto: detected from its files)

@@ -175,7 +175,8 @@ def _add_train(commands) -> None:
         help="stage 2: fine-tune ResNet-34 on the spectrograms (lr_find + one-cycle) and write the report",
         description=(
             "Fine-tune an ImageNet ResNet-34 (frozen body) on stage 1's spectrograms with fastai's lr_find and "
-            "fit_one_cycle; write a run folder with the split, weights, ONNX export, per-epoch log and report. "
+            "fit_one_cycle (the published recipe); or, with --recipe heartbeat, train this project's small CNN "
+            "from scratch. Write a run folder with the split, weights, ONNX export, per-epoch log and report. "
             "ImageNet weights come from the torch hub cache or --weights; without them, say --no-pretrained."
         ),
     )

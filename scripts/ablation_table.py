@@ -58,7 +58,7 @@ def main() -> int:
     args = parser.parse_args()
     table, reference = [], None
     for argument in args.rows:
-        name, _, folder = argument.partition("=")
+        name, _, folder = argument.rpartition("=")  # a row name may hold "="
         summary, folds, oof = read_cv(Path(folder))
         classes = summary["classes"]
         runs = sorted(zip(oof["seed"], oof["fold"], oof["recording"]))
