@@ -59,7 +59,11 @@ def main() -> int:
     table, reference = [], None
     for argument in args.rows:
         name, _, folder = argument.rpartition("=")  # a row name may hold "="
-        summary, folds, oof = read_cv(Path(folder))
+        try:
+            summary, folds, oof = read_cv(Path(folder))
+        except (OSError, ValueError, KeyError) as error:
+            print(f"{argument}: not a finished cv folder ({error})", file=sys.stderr)
+            return 2
         classes = summary["classes"]
         runs = sorted(zip(oof["seed"], oof["fold"], oof["recording"]))
         if reference is None:
