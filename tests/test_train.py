@@ -393,3 +393,19 @@ def test_bf16_body_pass_runs_and_is_recorded(trained_run, standin_weights, tmp_p
     saved, recomputed = recomputed_probabilities(run, trained_run["spectrograms"])
     difference = np.abs(saved - recomputed).max()
     assert 1e-6 < difference < 0.05, difference
+
+
+def test_lr_find_without_a_curve_gives_no_suggestion():
+    # fastai's valley() fails on an empty curve (the loss diverged within the finder's first steps)
+    from types import SimpleNamespace
+
+    from heartbeat.train import find_lr
+
+    def diverged(show_plot):
+        raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
+
+    learner = SimpleNamespace(lr_find=diverged, recorder=SimpleNamespace(lrs=[1e-7, 2e-7], losses=[1.1, 9.0]))
+    curve, suggestion = find_lr(learner)
+    assert suggestion is None and curve.to_dict("list") == {"lr": [1e-7, 2e-7], "loss": [1.1, 9.0]}
+    learner.lr_find = lambda show_plot: SimpleNamespace(valley=3e-3)
+    assert find_lr(learner)[1] == 3e-3
