@@ -9,6 +9,7 @@ for every layout.
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -113,3 +114,13 @@ def test_format_change_starts_afresh(tmp_path):
     images = {path.name for path in (out / "images").iterdir()}
     manifest = pd.read_csv(out / "manifest.csv", dtype=str)
     assert images == {name.removeprefix("images/") for name in manifest["image"]}  # the folders images are gone
+
+
+def test_a_file_name_that_is_not_utf8_is_one_failed_recording(tmp_path):
+    data, _ = make_layout(tmp_path, "folders")
+    first = next((data / "normal").rglob("*.wav"))
+    (first.parent / os.fsdecode(b"bad\xff.wav")).write_bytes(first.read_bytes())
+    summary = build_spectrograms(data, tmp_path / "spectrograms", jobs=1, progress=False)
+    assert [reason for _, reason in summary.failed] == ["its name is not valid UTF-8 text (rename the file)"]
+    manifest = pd.read_csv(tmp_path / "spectrograms" / "manifest.csv", dtype=str, encoding="utf-8")
+    assert manifest["recording"].nunique() == summary.recordings - 1  # the others are all there
