@@ -191,18 +191,7 @@ def read_manifest(path: Path) -> list[dict]:
     Never follows a link and never blocks (a FIFO is refused, not read), reads at most
     MAX_MANIFEST_BYTES, and accepts only this stage's exact columns with every field present.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        problem = "is a link, not a file" if os.path.islink(path) else f"cannot be read ({error.strerror})"
-        raise ManifestError(problem) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ManifestError("is not a regular file")
-        data = handle.read(MAX_MANIFEST_BYTES + 1)  # bounded even if the file grows after the fstat
-        if max(info.st_size, len(data)) > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"is {max(info.st_size, len(data))} bytes, more than a manifest of this stage can be")
+    data = _read_own_file(path, MAX_MANIFEST_BYTES, "a manifest")
     try:
         reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
@@ -215,6 +204,27 @@ def read_manifest(path: Path) -> list[dict]:
     if any(None in row or None in row.values() for row in rows):
         raise ManifestError("has rows with a wrong number of fields")
     return rows
+
+
+def _read_own_file(path: Path, max_bytes: int, what: str) -> bytes:
+    """The bytes of one of this stage's files; ManifestError if it is a link, not a regular file, or over max_bytes.
+
+    Never follows a link and never blocks (a FIFO is refused, not read); bounded even if the
+    file grows after it was checked.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        problem = "is a link, not a file" if os.path.islink(path) else f"cannot be read ({error.strerror})"
+        raise ManifestError(problem) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestError("is not a regular file")
+        data = handle.read(max_bytes + 1)
+        if max(info.st_size, len(data)) > max_bytes:
+            raise ManifestError(f"is {max(info.st_size, len(data))} bytes, more than {what} of this stage can be")
+    return data
 
 
 def _previous_rows(manifest_path: Path, warnings: list[str]) -> dict[str, list[dict]]:
@@ -345,8 +355,9 @@ def build_spectrograms(
     _prepare_output_folder(out_dir)
     previous = _previous_rows(manifest_path, summary.warnings)
     present, refused = _sort_old_images(previous, out_dir)  # the old images: reused, or removed at the end
-    if previous and _previous_format(out_dir) != layout.format:  # another collection: nothing of it is reused
-        summary.warnings.append(f"{manifest_path}: made from another layout ({_previous_format(out_dir) or 'unknown'}, "
+    previous_format = _previous_format(out_dir) if previous else None
+    if previous and previous_format != layout.format:  # another collection: nothing of it is reused
+        summary.warnings.append(f"{manifest_path}: made from another layout ({previous_format or 'unknown'}, "
                                 f"now {layout.format}); every recording is remade")
         previous = {}
     if refused:
@@ -409,13 +420,9 @@ def dataset_description(layout: layouts.LayoutResult, data_dir, label_map: dict 
 
 def read_dataset_description(out_dir: Path) -> dict | None:
     """The folder's dataset.json as a dict, or None if it is absent or not one of ours (never follows a link)."""
-    path = Path(out_dir) / DATASET_NAME
-    if entry_kind(path) != "file":
-        return None
     try:
-        with open(path, "rb") as handle:
-            description = json.loads(handle.read(MAX_DATASET_BYTES + 1).decode("utf-8"))
-    except (OSError, ValueError):
+        description = json.loads(_read_own_file(Path(out_dir) / DATASET_NAME, MAX_DATASET_BYTES, "a dataset.json"))
+    except (ManifestError, ValueError):  # absent, a link, a FIFO, too big, not JSON
         return None
     return description if isinstance(description, dict) and isinstance(description.get("format"), str) else None
 
