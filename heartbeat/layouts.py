@@ -611,7 +611,8 @@ def detect_format(data_dir: str | os.PathLike) -> tuple[str, str]:
     """
     root = _data_folder(data_dir)
     found: list[tuple[str, str]] = []
-    # A marker that exists but is not a file (a folder, a broken link) still names the layout: its reader says what is wrong.
+    # A marker that exists but is not a file (a folder, a broken link) still names the layout: its reader says
+    # what is wrong.
     if os.path.lexists(root / dataset.CSV_NAME):
         found.append(("pascal-b", f"found {dataset.CSV_NAME}"))
     if os.path.lexists(root / PASCAL_A_CSV):
@@ -676,6 +677,15 @@ def parse_label_map(text: str) -> dict[str, str | None]:
     return mapping
 
 
+def check_label_map(mapping: dict[str, str | None], labels, where, noun: str = "recording") -> None:
+    """LayoutError if the map names a label that `labels` (of `where`) lack: a typo would silently change nothing."""
+    labels = sorted(set(labels))
+    unknown = sorted(set(mapping) - set(labels))
+    if unknown:
+        raise LayoutError(f"--label-map: {where} has no {noun} labelled {', '.join(unknown)} "
+                          f"(its labels: {', '.join(labels) or 'none'})")
+
+
 def apply_label_map(recordings: list[Recording], mapping: dict[str, str | None]) -> list[Recording]:
     """Recordings with their labels renamed by `mapping`; those mapped to None are left out."""
     mapped = []
@@ -716,11 +726,8 @@ def read_recordings(data_dir: str | os.PathLike, format: str = "auto", *,
         recordings, groups_are_patients = READERS[format](data_dir), format in _PATIENT_LAYOUTS
 
     if label_map:
-        labels = sorted({recording.label for recording in recordings if recording.label is not None})
-        unknown = sorted(set(label_map) - set(labels))
-        if unknown:
-            raise LayoutError(f"--label-map: {data_dir} has no recording labelled {', '.join(unknown)} "
-                              f"(its labels: {', '.join(labels) or 'none'})")
+        labels = [recording.label for recording in recordings if recording.label is not None]
+        check_label_map(label_map, labels, data_dir)
         recordings = apply_label_map(recordings, label_map)
     classes = sorted({recording.label for recording in recordings if recording.label is not None})
     return LayoutResult(format=format, reason=reason, recordings=recordings,

@@ -272,11 +272,10 @@ def _check_image_paths(manifest_path: Path, manifest: pd.DataFrame) -> None:
 
 def _map_labels(manifest_path: Path, labelled: pd.DataFrame, label_map: dict[str, str | None]) -> pd.DataFrame:
     """The rows with their labels renamed, those mapped to drop left out; TrainError for a label the manifest lacks."""
-    labels = sorted(set(labelled["label"]))
-    unknown = sorted(set(label_map) - set(labels))
-    if unknown:  # a typo would otherwise change nothing, silently
-        raise TrainError(f"--label-map: {manifest_path} has no image labelled {', '.join(unknown)} "
-                         f"(its labels: {', '.join(labels)})")
+    try:
+        layouts.check_label_map(label_map, labelled["label"], manifest_path, noun="image")
+    except layouts.LayoutError as error:
+        raise TrainError(str(error)) from None
     mapped = labelled["label"].map(lambda label: label_map.get(label, label))
     return labelled.assign(label=mapped)[mapped.notna()]
 
