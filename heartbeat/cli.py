@@ -236,6 +236,14 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_max_seconds(parser) -> None:
+    """--max-seconds of predict and evaluate (default None: the library's audio.DEFAULT_MAX_SECONDS, not imported
+    here: --help must not load numpy)."""
+    parser.add_argument("--max-seconds", type=_max_seconds, default=None, metavar="SECONDS",
+                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
+                             "can declare hours of sound (default: 600, ten minutes)")
+
+
 def _add_predict(commands) -> None:
     parser = commands.add_parser(
         "predict", help="classify recordings with a trained model (ONNX Runtime, no torch: starts in under a second)",
@@ -251,10 +259,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("--model", metavar="RUN", default=None, help="run folder of a trained model (default: data/runs/latest)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line per file: file, label, probabilities, windows, model_id")
-    # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
-    parser.add_argument("--max-seconds", type=_max_seconds, default=None, metavar="SECONDS",
-                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
-                             "can declare hours of sound (default: 600, ten minutes)")
+    _add_max_seconds(parser)
     parser.set_defaults(run=_run_predict)
 
 
@@ -318,10 +323,7 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder to write the evaluation into (created if needed; a rerun replaces its five files "
                              "and touches nothing else; not inside the data or the model folder)")
-    # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
-    parser.add_argument("--max-seconds", type=_max_seconds, default=None, metavar="SECONDS",
-                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
-                             "can declare hours of sound (default: 600, ten minutes)")
+    _add_max_seconds(parser)
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="ONNX Runtime threads (default: the CPUs this process may use)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
