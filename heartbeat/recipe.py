@@ -84,6 +84,8 @@ class Recipe:
     noise_db: tuple = (-70.0, -45.0)  # noise floor re the recording's peak: faint hiss to audible handling noise
     noise_spread_db: float = 3.0
     level_shift_db: float = 0.0  # off: not measured (band_norm already removes a recording's overall level)
+    mixup_alpha: float = 0.0  # mixup of training windows and their labels (Beta(alpha, alpha) weights); 0: off
+    label_smoothing: float = 0.0  # the training loss's label smoothing (fastai's eps); 0: plain cross-entropy
     # training batches run under bf16 autocast where the device has native bf16 (1.4x faster per step here);
     # validation and the exported model stay fp32, so the report's probabilities are predict's
     bf16: bool = True
@@ -236,15 +238,17 @@ def training_autocast(dtype):
 
 
 def fit_heartbeat(windows: pd.DataFrame, classes: list[str], spectrograms_dir: Path, recipe: Recipe = RECIPE, *,
-                  seed: int, device: torch.device, progress: bool = False) -> RecipeFit:
+                  seed: int, device: torch.device, progress: bool = False, callbacks=()) -> RecipeFit:
     """Train the recipe on the training windows (is_valid False); the validation windows' probabilities, in order.
 
     `windows`: stage 1's manifest rows (image, recording, label, start_s) with is_valid.
+    `callbacks`: more fastai callbacks for the fit (the selection scripts watch each epoch with one).
     """
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
     from fastai.callback.tracker import TerminateOnNaNCallback
     from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
+    from fastai.callback.mixup import MixUp
+    from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
     from fastai.metrics import error_rate
     from fastai.torch_core import set_seed
 
@@ -267,12 +271,15 @@ def fit_heartbeat(windows: pd.DataFrame, classes: list[str], spectrograms_dir: P
     sample_weights = class_weights[targets[train_rows]] ** recipe.balance_power if "oversample" in recipe.levers else None
     dls = dataloaders(train_set, valid_set, recipe.batch_size, device, sample_weights)
     network = recipe.network(len(classes)).to(device)
-    callbacks = []
+    callbacks = list(callbacks)
     autocast = devices.autocast_dtype(device, "auto") if recipe.bf16 else None
     if autocast is not None:
         callbacks.append(training_autocast(autocast))
-    learn = Learner(dls, network, loss_func=CrossEntropyLossFlat(), metrics=error_rate, wd=recipe.weight_decay,
-                    cbs=callbacks)
+    if recipe.mixup_alpha:
+        callbacks.append(MixUp(recipe.mixup_alpha))  # training batches only (run_valid False)
+    loss_func = LabelSmoothingCrossEntropyFlat(eps=recipe.label_smoothing) if recipe.label_smoothing else \
+        CrossEntropyLossFlat()
+    learn = Learner(dls, network, loss_func=loss_func, metrics=error_rate, wd=recipe.weight_decay, cbs=callbacks)
     if not progress:
         learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
         learn.logger = lambda *args, **kwargs: None

@@ -130,6 +130,24 @@ def test_a_fit_repeats_exactly_per_seed_and_differs_with_another(windows_dir, sp
     assert not np.array_equal(other.window_probs, fitted.window_probs)
 
 
+def test_mixup_and_label_smoothing_change_training_only(windows_dir, spied_fit, tmp_path):
+    import onnxruntime
+
+    windows, folder = windows_dir
+    plain, _ = spied_fit
+    mixed_recipe = dataclasses.replace(TINY, mixup_alpha=0.4, label_smoothing=0.1)
+    mixed = recipe.fit_heartbeat(windows, CLASSES, folder, mixed_recipe, seed=3, device=torch.device("cpu"))
+    again = recipe.fit_heartbeat(windows, CLASSES, folder, mixed_recipe, seed=3, device=torch.device("cpu"))
+    assert np.array_equal(again.window_probs, mixed.window_probs)  # still repeatable per seed
+    assert not np.array_equal(mixed.window_probs, plain.window_probs)  # the training changed
+    assert not np.isclose(mixed.epoch_log["train_loss"], plain.epoch_log["train_loss"]).any()
+    # validation windows are scored unmixed, by the network predict runs
+    model.export_onnx(mixed.network, 512, tmp_path / model.ONNX_FILE)
+    session = onnxruntime.InferenceSession(str(tmp_path / model.ONNX_FILE), providers=["CPUExecutionProvider"])
+    exported = session.run(["probabilities"], {"image": valid_images(windows, folder)})[0]
+    assert np.abs(exported - mixed.window_probs).max() < 1e-4
+
+
 def test_the_native_input_is_exactly_the_bands():
     bands = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 128, 512)).astype(np.float32) / 255)
     image = bands.repeat_interleave(nets.ROWS_PER_BAND, dim=2)  # stage 1's 512 rows
