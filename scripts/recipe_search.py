@@ -55,6 +55,10 @@ CONFIGS = {
     "chosen+lr1e-3": {**CHOSEN, "lr": 1e-3},
     "chosen+cnn2d": {**CHOSEN, "kind": "cnn2d", "channels": (16, 32, 64, 128), "input_pool": (4, 2)},
     "chosen+level_shift": {**CHOSEN, "level_shift_db": 10.0},
+    # session 5: a network sized differently (the "network sized for 461 recordings")
+    "chosen+blocks5": {**CHOSEN, "channels": (64, 128, 128, 256, 256)},  # receptive field ~2.6 s: two beat cycles
+    "chosen+mixup": {**CHOSEN, "mixup_alpha": 0.4},  # fastai's default alpha
+    "chosen+label_smoothing": {**CHOSEN, "label_smoothing": 0.1},  # fastai's default eps
 }
 
 
