@@ -177,6 +177,32 @@ def augmented(pixels: np.ndarray, mel: np.ndarray, recipe: Recipe, rng: np.rando
     return window.astype(np.float32)
 
 
+def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers, image_size: int, seed: int):
+    """For the published recipe's image training: training manifest row -> its augmented stage-1 image.
+
+    The same augmentations as the heartbeat recipe (`augmented`, with the named levers), on the
+    window's native bands, then back to stage 1's layout (each band repeated to its rows) and
+    resized to the network's input as any training image is (audio.model_input). uint8
+    (image_size, image_size). One Generator seeded once draws every choice in the order the
+    images are asked for, so a run with fastai's seeded batch order repeats.
+    """
+    from heartbeat import audio
+
+    chosen = RECIPE.with_levers(levers)
+    train_windows = train_windows.reset_index(drop=True)
+    pixels = read_band_pixels(spectrograms_dir, train_windows["image"])
+    by_image = dict(zip(train_windows["image"], pixels))
+    mels = recording_mels(train_windows, pixels) if "random_windows" in chosen.levers else {}
+    rng = np.random.default_rng(seed)
+
+    def augmented_image(row) -> np.ndarray:
+        window = augmented(by_image[row["image"]], mels.get(row["recording"]), chosen, rng)
+        bands = np.clip(np.rint(window), 0, 255).astype(np.uint8)
+        return audio.model_input(np.repeat(bands, nets.ROWS_PER_BAND, axis=0), image_size)
+
+    return augmented_image
+
+
 class ValidationWindows(torch.utils.data.Dataset):
     """Validation items: stage 1's own windows as they are (what predict sees), never augmented."""
 

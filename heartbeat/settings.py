@@ -27,6 +27,9 @@ PUBLISHED_BATCH_SIZE = 4  # and its batch size
 # The heartbeat recipe's parts that --levers switches on one at a time (heartbeat.recipe.LEVERS says what each
 # does; a test checks the two lists agree); the recipe's own choice is recipe.DEFAULT_LEVERS.
 LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_colour")
+# The levers that augment training windows: they also apply to the published recipe wherever it trains on images
+# (--mode finetune, --no-pretrained); band_norm is a layer of the heartbeat network, oversample is --balance's.
+IMAGE_LEVERS = ("random_windows", "specaugment", "device_colour")
 DEFAULT_LEVERS = "default"  # --levers' default: the recipe's chosen levers
 NO_LEVERS = "none"
 
@@ -156,9 +159,11 @@ class TrainSettings:
     recipe: str = setting("published", "--recipe", "published: the study's ResNet-34 with lr_find and one-cycle "
                           "(default); heartbeat: a small CNN on the native 128 mel bands, trained from scratch with "
                           "random windows and augmentation (the README's 'Model quality' section)", choices=RECIPES)
-    levers: str = setting(DEFAULT_LEVERS, "--levers", f"--recipe heartbeat only: the levers on, comma-separated from "
-                          f"{', '.join(LEVERS)}; or {NO_LEVERS}; {DEFAULT_LEVERS} (the default): the recipe's chosen "
-                          "ones (README 'Model quality')", type=lever_list, metavar="LIST")
+    levers: str = setting(DEFAULT_LEVERS, "--levers", f"the levers on, comma-separated from {', '.join(LEVERS)}; or "
+                          f"{NO_LEVERS}; {DEFAULT_LEVERS} (the default): the heartbeat recipe's chosen ones, none in "
+                          f"the published recipe, which takes the augmentations ({', '.join(IMAGE_LEVERS)}) with "
+                          "--mode finetune or --no-pretrained (README 'Model quality')", type=lever_list,
+                          metavar="LIST")
     # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.recipe.RECIPE's)
     epochs: int | None = setting(None, "--epochs", f"one-cycle epochs (default: the recipe's; {PUBLISHED_EPOCHS} in the "
                                  "published one, as published)", type=positive_int)
@@ -229,8 +234,8 @@ class TrainSettings:
         """ValueError for flags that would do nothing together: the run would not be the one asked for."""
         if self.recipe == "heartbeat":
             self._check_heartbeat_recipe()
-        elif self.levers != DEFAULT_LEVERS:
-            raise ValueError(f"--levers {self.levers} does nothing with the published recipe: add --recipe heartbeat")
+        else:
+            self._check_published_levers()
         if not self.pretrained and self.mode == "finetune":
             raise ValueError("--mode finetune does nothing with --no-pretrained (there is no pretrained body to "
                              "fine-tune; the whole network trains from scratch): drop one of them")
@@ -238,6 +243,26 @@ class TrainSettings:
             raise ValueError(f"--precision {self.precision} applies only to the frozen body's pass of --mode features "
                              f"with pretrained weights; it does nothing with "
                              f"{'--no-pretrained' if not self.pretrained else '--mode finetune'}: drop it")
+
+    def _check_published_levers(self) -> None:
+        """The published recipe takes only the augmentation levers, and only where it trains on images."""
+        names = self.augmentation_levers()
+        others = [name for name in self.lever_names() if name not in IMAGE_LEVERS]
+        if others:
+            reason = "use --balance oversample" if others[0] == "oversample" else "it is a layer of the heartbeat network"
+            raise ValueError(f"--levers {others[0]} does nothing with the published recipe ({reason}; the published "
+                             f"recipe takes {', '.join(IMAGE_LEVERS)}): drop it or add --recipe heartbeat")
+        if names and self.training_mode() == "features":
+            raise ValueError(f"--levers {','.join(names)} augments training images, and --mode features trains on the "
+                             "frozen body's outputs for unaugmented images: add --mode finetune or --no-pretrained")
+
+    def lever_names(self) -> list[str]:
+        """The named levers (none for 'none' and for 'default' before effective() resolves it)."""
+        return [] if self.levers in (DEFAULT_LEVERS, NO_LEVERS) else self.levers.split(",")
+
+    def augmentation_levers(self) -> list[str]:
+        """The published recipe's training-image augmentations asked for (the heartbeat recipe applies its own)."""
+        return [] if self.recipe != "published" else [name for name in self.lever_names() if name in IMAGE_LEVERS]
 
     def _check_heartbeat_recipe(self) -> None:
         """The published recipe's flags that the heartbeat recipe has no use for are refused, not ignored."""
@@ -287,4 +312,4 @@ def resolved(settings: TrainSettings, *, device: str, device_name: str, precisio
     mode = settings.training_mode()
     return {**dataclasses.asdict(settings), "mode": mode, "device": device, "device_name": device_name,
             "precision": precision if mode == "features" else NOT_APPLICABLE, "lr": lr, "lr_suggestion": lr_suggestion,
-            "levers": settings.levers if settings.recipe == "heartbeat" else NOT_APPLICABLE}
+            "levers": settings.levers if settings.recipe == "heartbeat" or settings.lever_names() else NOT_APPLICABLE}

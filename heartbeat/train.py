@@ -323,10 +323,23 @@ def load_image(spectrograms_dir: Path, image: str, image_size: int) -> np.ndarra
 
 def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: list[str], settings: TrainSettings,
                       class_weights: np.ndarray | None = None):
-    """fastai DataLoaders over the manifest's images (column is_valid marks the validation side)."""
+    """fastai DataLoaders over the manifest's images (column is_valid marks the validation side).
+
+    With augmentation levers (settings.augmentation_levers), training images are augmented as
+    the heartbeat recipe's windows are (recipe.image_augmenter); validation images never are.
+    """
     from fastai.vision.all import CategoryBlock, ColReader, ColSplitter, DataBlock, ImageBlock, Normalize, PILImage
 
+    augmented_image = None
+    if settings.augmentation_levers():
+        from heartbeat import recipe
+
+        augmented_image = recipe.image_augmenter(spectrograms_dir, windows[~windows["is_valid"]],
+                                                 settings.augmentation_levers(), settings.image_size, settings.seed)
+
     def get_x(row):
+        if augmented_image is not None and not row["is_valid"]:
+            return PILImage.create(augmented_image(row))
         return PILImage.create(load_image(spectrograms_dir, row["image"], settings.image_size))
 
     block = DataBlock(

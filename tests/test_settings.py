@@ -59,7 +59,9 @@ def test_help_shows_each_fields_help_and_choices(capsys):
     (["--precision", "auto", "--no-pretrained"], ["--precision auto", "--no-pretrained"]),
     (["--precision", "bf16", "--mode", "finetune"], ["--precision bf16", "--mode finetune"]),
     (["--precision", "auto", "--mode", "finetune"], ["--precision auto", "--mode finetune"]),
-    (["--levers", "specaugment"], ["--levers specaugment", "--recipe heartbeat"]),
+    (["--levers", "specaugment"], ["--levers specaugment", "--mode features", "--mode finetune"]),
+    (["--levers", "band_norm", "--mode", "finetune"], ["--levers band_norm", "heartbeat network"]),
+    (["--levers", "oversample", "--no-pretrained"], ["--levers oversample", "--balance oversample"]),
     (["--recipe", "heartbeat", "--weights", "w.pth"], ["--weights", "--recipe heartbeat"]),
     (["--recipe", "heartbeat", "--mode", "finetune"], ["--mode finetune", "--recipe heartbeat"]),
     (["--recipe", "heartbeat", "--balance", "weights"], ["--balance weights", "--recipe heartbeat"]),
@@ -82,7 +84,9 @@ def test_flags_that_do_nothing_together_are_refused_before_anything_runs(command
 def test_combinations_that_do_something_are_accepted():
     for settings in [TrainSettings(pretrained=False), TrainSettings(mode="finetune", unfreeze_epochs=1),
                      TrainSettings(precision="auto"), TrainSettings(precision="bf16", unfreeze_epochs=2),
-                     TrainSettings(pretrained=False, unfreeze_epochs=1)]:
+                     TrainSettings(pretrained=False, unfreeze_epochs=1),
+                     TrainSettings(mode="finetune", levers="random_windows,specaugment,device_colour"),
+                     TrainSettings(pretrained=False, levers="specaugment"), TrainSettings(levers="none")]:
         settings.validate()
 
 
@@ -130,7 +134,10 @@ def test_resolved_settings_say_what_ran():
                         lr=0.003, lr_suggestion=0.003)
     assert (features["mode"], features["precision"]) == ("features", "fp32")  # "auto" resolved on a CPU without bf16
     assert set(features) == set(FIELDS) | {"device_name", "lr_suggestion"}
-    assert features["levers"] == NOT_APPLICABLE  # the published recipe has none
+    assert features["levers"] == NOT_APPLICABLE  # the published recipe has none unless asked for
+    augmented = resolved(TrainSettings(pretrained=False, levers="specaugment"), device="cpu", device_name="A CPU",
+                         precision="fp32", lr=0.003, lr_suggestion=0.003)
+    assert (augmented["mode"], augmented["levers"]) == ("scratch", "specaugment")
     heartbeat = resolved(TrainSettings(recipe="heartbeat", levers="band_norm"), device="cpu", device_name="A CPU",
                          precision="fp32", lr=0.003, lr_suggestion=None)
     assert (heartbeat["mode"], heartbeat["levers"], heartbeat["precision"]) == ("heartbeat", "band_norm", NOT_APPLICABLE)

@@ -192,6 +192,36 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
     assert "file " in (run / "report.md").read_text()
 
 
+def test_published_finetune_with_augmentation_levers_augments_training_images_only(trained_run, standin_weights,
+                                                                                     tmp_path, monkeypatch):
+    from heartbeat import recipe
+
+    seen = []
+    original = recipe.augmented
+
+    def spy(pixels, mel, chosen, rng):
+        seen.append((pixels.tobytes(), tuple(sorted(chosen.levers))))
+        return original(pixels, mel, chosen, rng)
+
+    monkeypatch.setattr(recipe, "augmented", spy)
+    settings = TrainSettings(weights=str(standin_weights), mode="finetune", image_size=32, epochs=1, batch_size=4,
+                             lr=1e-3, levers="random_windows,specaugment")
+    run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
+    split_table = pd.read_csv(run / "split.csv")
+    windows = read_spectrograms(trained_run["spectrograms"]).merge(split_table[["recording", "split"]], on="recording")
+    bands = {image: recipe.read_band_pixels(trained_run["spectrograms"], [image])[0].tobytes()
+             for image in windows["image"]}
+    train_bands = {bands[image] for image in windows.loc[windows["split"] == "train", "image"]}
+    valid_bands = {bands[image] for image in windows.loc[windows["split"] == "valid", "image"]}
+    n_train = int((windows["split"] == "train").sum())
+    assert len(seen) >= n_train - settings.batch_size  # every training image of the epoch (bar a dropped partial batch)
+    assert {levers for _, levers in seen} == {("random_windows", "specaugment")}
+    assert all(pixels in train_bands for pixels, _ in seen)
+    assert not any(pixels in valid_bands for pixels, _ in seen)
+    ran = json.loads((run / "config.json").read_text())["train_settings"]
+    assert (ran["mode"], ran["levers"]) == ("finetune", "random_windows,specaugment")
+
+
 def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
     from heartbeat import nets, predict
     from heartbeat.recipe import RECIPE
