@@ -342,11 +342,17 @@ def _mel_to_hz(mels):
     return frequencies
 
 
+def mel_band_edges(settings: AudioSettings = SETTINGS) -> np.ndarray:
+    """n_mels + 2 frequencies in Hz, evenly spaced in mels: band i's filter rises from edges[i], peaks at its centre
+    edges[i + 1] and falls to edges[i + 2] (low band first)."""
+    return _mel_to_hz(np.linspace(_hz_to_mel(settings.fmin)[0], _hz_to_mel(settings.fmax)[0], settings.n_mels + 2))
+
+
 @functools.lru_cache(maxsize=4)
 def mel_filterbank(settings: AudioSettings = SETTINGS) -> np.ndarray:
     """(n_mels, 1 + n_fft // 2) triangular filters, Slaney-normalised (= librosa.filters.mel)."""
     fft_frequencies = np.fft.rfftfreq(settings.n_fft, d=1.0 / settings.sample_rate)
-    mel_edges = _mel_to_hz(np.linspace(_hz_to_mel(settings.fmin)[0], _hz_to_mel(settings.fmax)[0], settings.n_mels + 2))
+    mel_edges = mel_band_edges(settings)
     edge_gaps = np.diff(mel_edges)
     ramps = mel_edges[:, None] - fft_frequencies[None, :]
     lower = -ramps[:-2] / edge_gaps[:-1, None]

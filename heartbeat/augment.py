@@ -141,8 +141,7 @@ def level_shift(pixels: np.ndarray, rng: np.random.Generator, max_db: float) -> 
 @functools.lru_cache(maxsize=4)
 def band_octaves(settings: audio.AudioSettings = audio.SETTINGS) -> np.ndarray:
     """(n_mels, 1) column: each band's centre frequency in octaves above 100 Hz, in image orientation (highest first)."""
-    mel_edges = np.linspace(audio._hz_to_mel(settings.fmin)[0], audio._hz_to_mel(settings.fmax)[0], settings.n_mels + 2)
-    centres = audio._mel_to_hz(mel_edges[1:-1])
+    centres = audio.mel_band_edges(settings)[1:-1]
     octaves = np.log2(centres / 100.0)[::-1, None].astype(np.float32)
     octaves.flags.writeable = False  # cached and shared: nobody may change it
     return octaves
