@@ -37,7 +37,10 @@ LEVERS = {
 # From the first recipe (all five levers on, classes fully balanced):
 # - all of band_norm, random_windows, specaugment, device_colour off: balanced accuracy -0.103 +- 0.029 (-0.092,
 #   -0.115 per seed);
-# - band_norm off: balanced accuracy -0.057 +- 0.015 (-0.069, -0.045), heart-problem Youden -0.102 +- 0.036: kept;
+# - band_norm off: balanced accuracy -0.057 +- 0.015 (-0.069, -0.045), heart-problem Youden -0.102 +- 0.036: kept.
+#   It is also what keeps the network working on another device's colour (scripts/device_shift.py, README): without
+#   it a 400 Hz low-pass, a +6 dB/octave tilt or noise 20 dB below the signal cost 0.09-0.18 balanced accuracy;
+#   with it, none cost more than its spread;
 # - device_colour off: balanced accuracy +0.035 +- 0.025 (-0.018, +0.088) and 24 s less per fold: it does not help
 #   on one device's recordings, so it is off by default and stays a lever for recordings from other stethoscopes.
 # From the chosen recipe (DEFAULT_LEVERS, balance_power 0.75):
