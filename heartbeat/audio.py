@@ -472,13 +472,38 @@ def encode_png(image: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-def model_input(image: np.ndarray, image_size: int) -> np.ndarray:
-    """The network's view of a spectrogram image: resized to image_size (PIL bilinear) if needed.
+BAND_NORM_CENTRE = 128  # band_normalised: a band at its own mean level becomes mid-grey
+
+
+def band_normalised(image: np.ndarray) -> np.ndarray:
+    """Each image row (a mel band) as its level relative to its own mean over the sounding columns, uint8.
+
+    A stethoscope's frequency response adds a fixed dB offset to each band; subtracting the
+    band's mean removes it (the heartbeat network's nets.BandNorm does the same inside the
+    network; this is the published recipe's input form of it). Sounding columns become
+    BAND_NORM_CENTRE + the difference, clipped to 1..255; silent columns (every row 0: stage 1's
+    padding after a short recording) stay 0, so the network still sees where the sound ends.
+    """
+    sounding = image.max(axis=0) > 0
+    if not sounding.any():
+        return image
+    levels = image[:, sounding].astype(np.int16)
+    centred = levels - np.rint(levels.mean(axis=1, keepdims=True)).astype(np.int16) + BAND_NORM_CENTRE
+    normalised = np.zeros_like(image)
+    normalised[:, sounding] = np.clip(centred, 1, 255).astype(np.uint8)
+    return normalised
+
+
+def model_input(image: np.ndarray, image_size: int, band_norm: bool = False) -> np.ndarray:
+    """The network's view of a spectrogram image: band-normalised if the model was trained so, then resized to
+    image_size (PIL bilinear) if needed.
 
     Training reads PNGs through this function and predict passes fresh images through it, so
-    both resize identically. Returns uint8 (image_size, image_size); the three input channels
-    the network expects are copies of it.
+    both prepare images identically. Returns uint8 (image_size, image_size); the three input
+    channels the network expects are copies of it.
     """
+    if band_norm:
+        image = band_normalised(image)
     if image.shape == (image_size, image_size):
         return image
     from PIL import Image

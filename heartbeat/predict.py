@@ -76,6 +76,7 @@ class Predictor:
         self.run_dir = run_dir
         self.classes: list[str] = list(info["classes"])
         self.image_size: int = int(info["image_size"])
+        self.band_norm: bool = info.get("input_band_norm", False)  # absent in models trained before it existed
         self.model_id: str = str(info["model_id"])
         self._session = session
         self._blas = ThreadpoolController()  # finds the BLAS libraries once (a few ms), not per recording
@@ -108,7 +109,7 @@ class Predictor:
         def model_inputs() -> Iterator[np.ndarray]:
             for _, image in audio.iter_recording_images(signal):
                 blank.append(not image.any())
-                yield audio.model_input(image, self.image_size)
+                yield audio.model_input(image, self.image_size, self.band_norm)
 
         # One BLAS thread, as in stage 1 (the images are the same): the mel product is small, and
         # OpenBLAS's threads, spinning between windows, fought onnxruntime's for the cores.
@@ -201,6 +202,8 @@ def _read_model_info(run_dir: Path) -> dict:
         raise ModelError(f"{path}: classes must be a list of two or more distinct names, got {classes!r}")
     if not (isinstance(info["image_size"], int) and info["image_size"] > 0):
         raise ModelError(f"{path}: image_size must be a positive integer, got {info['image_size']!r}")
+    if not isinstance(info.get("input_band_norm", False), bool):
+        raise ModelError(f"{path}: input_band_norm must be true or false, got {info['input_band_norm']!r}")
     if not isinstance(info["audio_settings"], dict):
         raise ModelError(f"{path}: audio_settings must be an object, got {info['audio_settings']!r}")
     return info

@@ -195,12 +195,13 @@ def augmented(pixels: np.ndarray, mel: np.ndarray, recipe: Recipe, rng: np.rando
     return window.astype(np.float32)
 
 
-def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers, image_size: int, seed: int):
+def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers, image_size: int, seed: int, *,
+                    band_norm: bool = False):
     """For the published recipe's image training: training manifest row -> its augmented stage-1 image.
 
     The same augmentations as the heartbeat recipe (`augmented`, with the named levers), on the
     window's native bands, then back to stage 1's layout (each band repeated to its rows) and
-    resized to the network's input as any training image is (audio.model_input). uint8
+    prepared for the network as any training image is (audio.model_input: band_norm, size). uint8
     (image_size, image_size). One Generator seeded once draws every choice in the order the
     images are asked for, so a run with fastai's seeded batch order repeats.
     """
@@ -216,7 +217,7 @@ def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers,
     def augmented_image(row) -> np.ndarray:
         window = augmented(by_image[row["image"]], mels.get(row["recording"]), chosen, rng)
         bands = np.clip(np.rint(window), 0, 255).astype(np.uint8)
-        return audio.model_input(np.repeat(bands, nets.ROWS_PER_BAND, axis=0), image_size)
+        return audio.model_input(np.repeat(bands, nets.ROWS_PER_BAND, axis=0), image_size, band_norm)
 
     return augmented_image
 

@@ -28,8 +28,11 @@ PUBLISHED_BATCH_SIZE = 4  # and its batch size
 # does; a test checks the two lists agree); the recipe's own choice is recipe.DEFAULT_LEVERS.
 LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_colour")
 # The levers that augment training windows: they also apply to the published recipe wherever it trains on images
-# (--mode finetune, --no-pretrained); band_norm is a layer of the heartbeat network, oversample is --balance's.
+# (--mode finetune, --no-pretrained); oversample is --balance's there.
 IMAGE_LEVERS = ("random_windows", "specaugment", "device_colour")
+# The published recipe's levers: the augmentations, and band_norm as a preparation of every input image (in every
+# mode: it is no augmentation, and predict applies it too; see audio.band_normalised).
+PUBLISHED_LEVERS = ("band_norm", *IMAGE_LEVERS)
 DEFAULT_LEVERS = "default"  # --levers' default: the recipe's chosen levers
 NO_LEVERS = "none"
 
@@ -161,9 +164,9 @@ class TrainSettings:
                           "random windows and augmentation (the README's 'Model quality' section)", choices=RECIPES)
     levers: str = setting(DEFAULT_LEVERS, "--levers", f"the levers on, comma-separated from {', '.join(LEVERS)}; or "
                           f"{NO_LEVERS}; {DEFAULT_LEVERS} (the default): the heartbeat recipe's chosen ones, none in "
-                          f"the published recipe, which takes the augmentations ({', '.join(IMAGE_LEVERS)}) with "
-                          "--mode finetune or --no-pretrained (README 'Model quality')", type=lever_list,
-                          metavar="LIST")
+                          f"the published recipe, which takes band_norm, and the augmentations "
+                          f"({', '.join(IMAGE_LEVERS)}) with --mode finetune or --no-pretrained (README 'Model "
+                          "quality')", type=lever_list, metavar="LIST")
     # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.recipe.RECIPE's)
     epochs: int | None = setting(None, "--epochs", f"one-cycle epochs (default: the recipe's; {PUBLISHED_EPOCHS} in the "
                                  "published one, as published)", type=positive_int)
@@ -245,13 +248,12 @@ class TrainSettings:
                              f"{'--no-pretrained' if not self.pretrained else '--mode finetune'}: drop it")
 
     def _check_published_levers(self) -> None:
-        """The published recipe takes only the augmentation levers, and only where it trains on images."""
+        """The published recipe takes band_norm and the augmentation levers, the latter only where it trains on images."""
         names = self.augmentation_levers()
-        others = [name for name in self.lever_names() if name not in IMAGE_LEVERS]
-        if others:
-            reason = "use --balance oversample" if others[0] == "oversample" else "it is a layer of the heartbeat network"
-            raise ValueError(f"--levers {others[0]} does nothing with the published recipe ({reason}; the published "
-                             f"recipe takes {', '.join(IMAGE_LEVERS)}): drop it or add --recipe heartbeat")
+        if "oversample" in self.lever_names():
+            raise ValueError(f"--levers oversample does nothing with the published recipe (use --balance oversample; "
+                             f"the published recipe takes {', '.join(PUBLISHED_LEVERS)}): drop it or add --recipe "
+                             "heartbeat")
         if names and self.training_mode() == "features":
             raise ValueError(f"--levers {','.join(names)} augments training images, and --mode features trains on the "
                              "frozen body's outputs for unaugmented images: add --mode finetune or --no-pretrained")
@@ -263,6 +265,10 @@ class TrainSettings:
     def augmentation_levers(self) -> list[str]:
         """The published recipe's training-image augmentations asked for (the heartbeat recipe applies its own)."""
         return [] if self.recipe != "published" else [name for name in self.lever_names() if name in IMAGE_LEVERS]
+
+    def input_band_norm(self) -> bool:
+        """The published recipe's band_norm: every input image band-normalised (audio.band_normalised)."""
+        return self.recipe == "published" and "band_norm" in self.lever_names()
 
     def _check_heartbeat_recipe(self) -> None:
         """The published recipe's flags that the heartbeat recipe has no use for are refused, not ignored."""

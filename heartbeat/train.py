@@ -314,11 +314,11 @@ def feature_cache_dir(spectrograms_dir: Path) -> Path:
     return folder
 
 
-def load_image(spectrograms_dir: Path, image: str, image_size: int) -> np.ndarray:
+def load_image(spectrograms_dir: Path, image: str, image_size: int, band_norm: bool = False) -> np.ndarray:
     from PIL import Image
 
     with Image.open(spectrograms_dir / image) as png:
-        return audio.model_input(np.asarray(png.convert("L")), image_size)
+        return audio.model_input(np.asarray(png.convert("L")), image_size, band_norm)
 
 
 def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: list[str], settings: TrainSettings,
@@ -335,12 +335,14 @@ def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: li
         from heartbeat import recipe
 
         augmented_image = recipe.image_augmenter(spectrograms_dir, windows[~windows["is_valid"]],
-                                                 settings.augmentation_levers(), settings.image_size, settings.seed)
+                                                 settings.augmentation_levers(), settings.image_size, settings.seed,
+                                                 band_norm=settings.input_band_norm())
 
     def get_x(row):
         if augmented_image is not None and not row["is_valid"]:
             return PILImage.create(augmented_image(row))
-        return PILImage.create(load_image(spectrograms_dir, row["image"], settings.image_size))
+        return PILImage.create(load_image(spectrograms_dir, row["image"], settings.image_size,
+                                          settings.input_band_norm()))
 
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=classes)), get_x=get_x, get_y=ColReader("label"),
@@ -404,7 +406,8 @@ def _run_body(network, spectrograms_dir: Path, images: list[str], plan: Plan, pr
     bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
     with torch.inference_mode(), autocast:
         for start in range(0, len(images), FEATURES_BATCH):
-            grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size)
+            grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size,
+                                                      plan.settings.input_band_norm())
                                            for name in images[start:start + FEATURES_BATCH]]).to(plan.device)
             batch = model.imagenet_normalise(grey.expand(-1, 3, -1, -1)).contiguous(memory_format=torch.channels_last)
             outputs.append(extractor(batch).float().cpu())
@@ -431,6 +434,8 @@ def feature_cache_key(body_digest: str, windows: pd.DataFrame, plan: Plan) -> st
     identity = [body_digest, plan.settings.image_size, devices.precision_name(plan.autocast), plan.device.type,
                 torch.__version__]
     identity += windows[["image", "settings_hash", "source_size", "source_mtime_ns"]].astype(str).to_numpy().tolist()
+    if plan.settings.input_band_norm():  # other images, other features (keys of runs without it are unchanged)
+        identity.append("band_norm")
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
 
 
@@ -638,6 +643,7 @@ def save_network(work_dir: Path, run_name: str, network, classes: list[str], pla
     arch = nets.model_info(network) if isinstance(network, nets.HeartNet) else {"arch": "resnet34"}
     model_info = {
         "model_id": run_name, **arch, "classes": classes, "image_size": image_size,
+        "input_band_norm": plan.settings.input_band_norm(),  # predict prepares its images as training did
         "audio_settings": audio.SETTINGS.to_dict(), "onnx_file": model.ONNX_FILE,
         "input": "grayscale spectrogram window in [0, 1], (n, 1, image_size, image_size); output: class probabilities",
         "combine_windows": "mean of window probabilities",

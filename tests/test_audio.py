@@ -323,3 +323,27 @@ def test_computing_the_mel_powers_again_gives_the_same_images(monkeypatch):
     for (start, image), (start_again, image_again) in zip(kept, computed_again):
         assert start == start_again
         np.testing.assert_array_equal(image, image_again)
+
+
+def test_band_norm_removes_a_fixed_level_per_band_and_keeps_silence():
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 180, (512, 512)).astype(np.uint8)
+    image[:, 400:] = 0  # stage 1's padding after a short recording
+    offsets = rng.integers(-40, 40, (512, 1))  # another device's response: a fixed dB offset per band
+    coloured = image.astype(np.int16)
+    coloured[:, :400] += offsets
+    normalised = audio.band_normalised(image)
+    assert normalised.dtype == np.uint8 and normalised.shape == image.shape
+    assert np.abs(normalised.astype(int) - audio.band_normalised(coloured.astype(np.uint8)).astype(int)).max() <= 1
+    assert (normalised[:, 400:] == 0).all() and (normalised[:, :400] > 0).all()
+    assert np.abs(normalised[:, :400].mean(axis=1) - audio.BAND_NORM_CENTRE).max() < 1  # each band at its own mean
+    silent = np.zeros((512, 512), np.uint8)
+    assert (audio.band_normalised(silent) == 0).all()
+
+
+def test_model_input_band_norm_comes_before_the_resize_and_is_off_by_default():
+    image = np.random.default_rng(1).integers(1, 256, (512, 512)).astype(np.uint8)
+    assert audio.model_input(image, 512) is image
+    assert np.array_equal(audio.model_input(image, 64, band_norm=True),
+                          audio.model_input(audio.band_normalised(image), 64))
+    assert not np.array_equal(audio.model_input(image, 64, band_norm=True), audio.model_input(image, 64))

@@ -60,7 +60,6 @@ def test_help_shows_each_fields_help_and_choices(capsys):
     (["--precision", "bf16", "--mode", "finetune"], ["--precision bf16", "--mode finetune"]),
     (["--precision", "auto", "--mode", "finetune"], ["--precision auto", "--mode finetune"]),
     (["--levers", "specaugment"], ["--levers specaugment", "--mode features", "--mode finetune"]),
-    (["--levers", "band_norm", "--mode", "finetune"], ["--levers band_norm", "heartbeat network"]),
     (["--levers", "oversample", "--no-pretrained"], ["--levers oversample", "--balance oversample"]),
     (["--recipe", "heartbeat", "--weights", "w.pth"], ["--weights", "--recipe heartbeat"]),
     (["--recipe", "heartbeat", "--mode", "finetune"], ["--mode finetune", "--recipe heartbeat"]),
@@ -86,7 +85,8 @@ def test_combinations_that_do_something_are_accepted():
                      TrainSettings(precision="auto"), TrainSettings(precision="bf16", unfreeze_epochs=2),
                      TrainSettings(pretrained=False, unfreeze_epochs=1),
                      TrainSettings(mode="finetune", levers="random_windows,specaugment,device_colour"),
-                     TrainSettings(pretrained=False, levers="specaugment"), TrainSettings(levers="none")]:
+                     TrainSettings(pretrained=False, levers="specaugment"), TrainSettings(levers="none"),
+                     TrainSettings(levers="band_norm"), TrainSettings(pretrained=False, levers="band_norm,specaugment")]:
         settings.validate()
 
 

@@ -222,6 +222,24 @@ def test_published_finetune_with_augmentation_levers_augments_training_images_on
     assert (ran["mode"], ran["levers"]) == ("finetune", "random_windows,specaugment")
 
 
+def test_published_band_norm_run_is_predicted_as_its_report(trained_run, standin_weights, tmp_path):
+    from heartbeat import predict
+
+    settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, levers="band_norm")
+    result = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    assert json.loads((result.run_dir / "model.json").read_text())["input_band_norm"] is True
+    assert json.loads((result.run_dir / "config.json").read_text())["train_settings"]["levers"] == "band_norm"
+    predictor = predict.load_predictor(result.run_dir)
+    for row in result.predictions.head(5).itertuples():
+        answer = predictor.predict_file(trained_run["data"] / "set_b" / row.recording)
+        expected = [getattr(row, f"prob_{name}") for name in result.classes]
+        np.testing.assert_allclose([answer.probabilities[name] for name in result.classes], expected, atol=1e-4)
+    predictor.band_norm = False  # the same network on images not band-normalised: other answers
+    row = result.predictions.iloc[0]
+    plain = predictor.predict_file(trained_run["data"] / "set_b" / row["recording"]).probabilities
+    assert max(abs(plain[name] - row[f"prob_{name}"]) for name in result.classes) > 1e-4
+
+
 def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
     from heartbeat import nets, predict
     from heartbeat.recipe import RECIPE
