@@ -81,6 +81,10 @@ class Predictor:
         self._session = session
         self._blas = ThreadpoolController()  # finds the BLAS libraries once (a few ms), not per recording
 
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """A window's spectrogram image prepared as this model was trained on it (band_norm if so, then its size)."""
+        return audio.model_input(image, self.image_size, self.band_norm)
+
     def window_probabilities(self, images: Iterable[np.ndarray]) -> np.ndarray:
         """uint8 (S, S) model-input images -> (n_windows, n_classes) float32 probabilities.
 
@@ -109,7 +113,7 @@ class Predictor:
         def model_inputs() -> Iterator[np.ndarray]:
             for _, image in audio.iter_recording_images(signal):
                 blank.append(not image.any())
-                yield audio.model_input(image, self.image_size, self.band_norm)
+                yield self.model_input(image)
 
         # One BLAS thread, as in stage 1 (the images are the same): the mel product is small, and
         # OpenBLAS's threads, spinning between windows, fought onnxruntime's for the cores.

@@ -93,8 +93,7 @@ def main() -> int:
                 predictor = predictors[run]
                 names = list(validation[run]["recording"])
                 probabilities = np.array([metrics.combine_windows(predictor.window_probabilities(
-                    audio.model_input(image, predictor.image_size, predictor.band_norm) for image in images[name]))
-                    for name in names])
+                    predictor.model_input(image) for image in images[name])) for name in names])
                 if shift == "clean":  # predict's path must give the CV's own probabilities
                     saved = pd.read_csv(run / "predictions.csv").set_index("recording").loc[names]
                     expected = saved[[f"prob_{c}" for c in predictor.classes]].to_numpy()
