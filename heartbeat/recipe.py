@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heartbeat import augment, nets
+from heartbeat import audio, augment, nets
 from heartbeat.settings import TrainError
 
 # The parts of the recipe that can be switched on and off one at a time (the ablation's rows).
@@ -205,8 +205,6 @@ def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers,
     (image_size, image_size). One Generator seeded once draws every choice in the order the
     images are asked for, so a run with fastai's seeded batch order repeats.
     """
-    from heartbeat import audio
-
     chosen = RECIPE.with_levers(levers)
     train_windows = train_windows.reset_index(drop=True)
     pixels = read_band_pixels(spectrograms_dir, train_windows["image"])
@@ -289,10 +287,10 @@ def fit_heartbeat(windows: pd.DataFrame, classes: list[str], spectrograms_dir: P
     `windows`: stage 1's manifest rows (image, recording, label, start_s) with is_valid.
     `callbacks`: more fastai callbacks for the fit (the selection scripts watch each epoch with one).
     """
+    from fastai.callback.mixup import MixUp
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
     from fastai.callback.tracker import TerminateOnNaNCallback
     from fastai.learner import Learner
-    from fastai.callback.mixup import MixUp
     from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
     from fastai.metrics import error_rate
     from fastai.torch_core import set_seed

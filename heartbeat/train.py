@@ -330,19 +330,18 @@ def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: li
     """
     from fastai.vision.all import CategoryBlock, ColReader, ColSplitter, DataBlock, ImageBlock, Normalize, PILImage
 
+    band_norm, augmentations = settings.input_band_norm(), settings.augmentation_levers()  # once, not per image
     augmented_image = None
-    if settings.augmentation_levers():
+    if augmentations:
         from heartbeat import recipe
 
-        augmented_image = recipe.image_augmenter(spectrograms_dir, windows[~windows["is_valid"]],
-                                                 settings.augmentation_levers(), settings.image_size, settings.seed,
-                                                 band_norm=settings.input_band_norm())
+        augmented_image = recipe.image_augmenter(spectrograms_dir, windows[~windows["is_valid"]], augmentations,
+                                                 settings.image_size, settings.seed, band_norm=band_norm)
 
     def get_x(row):
         if augmented_image is not None and not row["is_valid"]:
             return PILImage.create(augmented_image(row))
-        return PILImage.create(load_image(spectrograms_dir, row["image"], settings.image_size,
-                                          settings.input_band_norm()))
+        return PILImage.create(load_image(spectrograms_dir, row["image"], settings.image_size, band_norm))
 
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=classes)), get_x=get_x, get_y=ColReader("label"),
@@ -403,11 +402,11 @@ def _run_body(network, spectrograms_dir: Path, images: list[str], plan: Plan, pr
     autocast = (torch.autocast(plan.device.type, dtype=plan.autocast) if plan.autocast is not None
                 else contextlib.nullcontext())
     outputs = []
+    band_norm = plan.settings.input_band_norm()
     bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
     with torch.inference_mode(), autocast:
         for start in range(0, len(images), FEATURES_BATCH):
-            grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size,
-                                                      plan.settings.input_band_norm())
+            grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size, band_norm)
                                            for name in images[start:start + FEATURES_BATCH]]).to(plan.device)
             batch = model.imagenet_normalise(grey.expand(-1, 3, -1, -1)).contiguous(memory_format=torch.channels_last)
             outputs.append(extractor(batch).float().cpu())
@@ -508,8 +507,7 @@ def fit_recipe(study: Study, plan: Plan, sources: Sources, progress: bool) -> Fi
     from heartbeat import recipe as recipes
 
     settings = plan.settings
-    levers = [] if settings.levers == "none" else settings.levers.split(",")
-    chosen = dataclasses.replace(recipes.RECIPE.with_levers(levers), epochs=settings.epochs,
+    chosen = dataclasses.replace(recipes.RECIPE.with_levers(settings.lever_names()), epochs=settings.epochs,
                                  batch_size=settings.batch_size, lr=settings.lr)
     fitted = recipes.fit_heartbeat(study.windows, study.classes, sources.spectrograms_dir, chosen, seed=settings.seed,
                                    device=plan.device, progress=progress)
