@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from recipe_search import run_figures
 
 SELECTION_SEEDS = (1, 2)
 FOLDS = 5
@@ -37,13 +38,10 @@ FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "reca
 
 
 def scored(labels, probabilities, classes, bias=None) -> dict:
-    """classification_metrics of the argmax of probabilities x exp(bias)."""
-    from heartbeat import metrics
-
+    """recipe_search.run_figures of the argmax of probabilities x exp(bias)."""
     if bias is not None:
         probabilities = probabilities * np.exp(bias)
-    predicted = [classes[i] for i in probabilities.argmax(axis=1)]
-    return metrics.classification_metrics(list(labels), predicted, classes, majority_class="normal")
+    return run_figures(labels, [classes[i] for i in probabilities.argmax(axis=1)], classes)
 
 
 def choose_bias(labels, probabilities, classes, objective: str) -> np.ndarray:
@@ -55,7 +53,7 @@ def choose_bias(labels, probabilities, classes, objective: str) -> np.ndarray:
         figures = scored(labels, probabilities, classes, bias)
         score = figures["balanced_accuracy"]
         if objective == "mix":
-            score = (score + figures["heart_problem"]["youden"]) / 2
+            score = (score + figures["youden"]) / 2
         score -= 1e-6 * np.abs(bias).sum()
         if score > best_score:
             best, best_score = bias, score
@@ -114,11 +112,8 @@ def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
         for variant, probabilities in variants.items():
             labels, recording_probabilities = per_recording(valid_rows, probabilities)
             for bias_name, bias in biases.items():
-                figures = scored(labels, recording_probabilities, classes, bias)
                 rows_out.append({"variant": f"{variant}+{bias_name}", "seed": seed, "fold": fold,
-                                 "balanced_accuracy": figures["balanced_accuracy"], "macro_f1": figures["macro_f1"],
-                                 "youden": figures["heart_problem"]["youden"],
-                                 **{f"recall_{c}": figures["per_class"][c]["recall"] for c in classes},
+                                 **scored(labels, recording_probabilities, classes, bias),
                                  "bias": "" if bias is None else " ".join(f"{v:+.2f}" for v in bias)})
         pd.DataFrame(rows_out).to_csv(out_csv, index=False)
         print(f"seed {seed} fold {fold}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from recipe_search import run_figures
 
 SELECTION_SEEDS = (1, 2)
 FOLDS = 5
@@ -31,7 +32,7 @@ def epoch_watcher(valid_windows: pd.DataFrame, classes: list[str]):
     import torch
     from fastai.callback.core import Callback
 
-    from heartbeat import metrics, train
+    from heartbeat import train
 
     class EpochWatcher(Callback):
         order = 90  # after the recorder's validation pass has produced predictions
@@ -49,9 +50,7 @@ def epoch_watcher(valid_windows: pd.DataFrame, classes: list[str]):
         def after_validate(self):
             probabilities = np.concatenate(self.batches)
             table = train.recording_predictions(valid_windows, probabilities, classes)
-            figures = metrics.classification_metrics(table["label"].tolist(), table["predicted"].tolist(), classes,
-                                                     majority_class="normal")
-            self.scores.append(figures["balanced_accuracy"])
+            self.scores.append(run_figures(table["label"], table["predicted"], classes)["balanced_accuracy"])
 
     return EpochWatcher()
 
@@ -63,7 +62,7 @@ def main(argv) -> int:
     spectrograms_dir, out_csv = argv
     import torch
 
-    from heartbeat import cv, metrics, recipe, split, train
+    from heartbeat import cv, recipe, split, train
     from heartbeat.device import cpu
 
     torch.set_num_threads(1)
@@ -87,13 +86,9 @@ def main(argv) -> int:
                                      dataclasses.replace(recipe.RECIPE, epochs=best_epochs), seed=seed, device=cpu())
         valid = windows[outer_valid].reset_index(drop=True)
         predictions = train.recording_predictions(valid, final.window_probs, classes)
-        figures = metrics.classification_metrics(predictions["label"].tolist(), predictions["predicted"].tolist(),
-                                                 classes, majority_class="normal")
+        figures = run_figures(predictions["label"], predictions["predicted"], classes)
         rows.append({"config": "inner_epochs", "seed": seed, "fold": fold, "epochs": best_epochs,
-                     "inner_scores": " ".join(f"{score:.3f}" for score in watcher.scores),
-                     "balanced_accuracy": figures["balanced_accuracy"], "macro_f1": figures["macro_f1"],
-                     "youden": figures["heart_problem"]["youden"],
-                     **{f"recall_{c}": figures["per_class"][c]["recall"] for c in classes},
+                     "inner_scores": " ".join(f"{score:.3f}" for score in watcher.scores), **figures,
                      "seconds": time.time() - started})
         pd.DataFrame(rows).to_csv(out_csv, index=False)
         print(f"seed {seed} fold {fold}: {best_epochs} epochs, bal.acc {figures['balanced_accuracy']:.3f} "

@@ -62,11 +62,22 @@ CONFIGS = {
 }
 
 
+def run_figures(labels, predicted, classes: list[str]) -> dict:
+    """The selection's figures of one run (recording labels and predictions): balanced accuracy, macro-F1,
+    heart-problem Youden and each class's recall; scripts/ensemble_search.py and inner_epochs_search.py use it too."""
+    from heartbeat import metrics
+
+    figures = metrics.classification_metrics(list(labels), list(predicted), classes, majority_class="normal")
+    return {"balanced_accuracy": figures["balanced_accuracy"], "macro_f1": figures["macro_f1"],
+            "youden": figures["heart_problem"]["youden"],
+            **{f"recall_{c}": figures["per_class"][c]["recall"] for c in classes}}
+
+
 def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, device, fields: dict):
     """The 10 fold runs of one configuration: a list of per-run figure dicts."""
     import torch
 
-    from heartbeat import cv, metrics, recipe, train
+    from heartbeat import cv, recipe, train
 
     chosen = dataclasses.replace(recipe.RECIPE, **{**FIRST, **fields})
     rows = []
@@ -79,11 +90,8 @@ def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, 
         seconds = time.time() - started
         valid = fold_windows[fold_windows["is_valid"]].reset_index(drop=True)
         predictions = train.recording_predictions(valid, fitted.window_probs, classes)
-        figures = metrics.classification_metrics(predictions["label"].tolist(), predictions["predicted"].tolist(),
-                                                 classes, majority_class="normal")
-        row = {"config": name, "seed": seed, "fold": fold, "balanced_accuracy": figures["balanced_accuracy"],
-               "macro_f1": figures["macro_f1"], "youden": figures["heart_problem"]["youden"], "seconds": seconds,
-               **{f"recall_{c}": figures["per_class"][c]["recall"] for c in classes},
+        row = {"config": name, "seed": seed, "fold": fold,
+               **run_figures(predictions["label"], predictions["predicted"], classes), "seconds": seconds,
                "valid_loss_by_epoch": " ".join(f"{loss:.3f}" for loss in fitted.epoch_log["valid_loss"])}
         rows.append(row)
         print(f"  {name} seed {seed} fold {fold}: bal.acc {row['balanced_accuracy']:.3f} youden {row['youden']:.3f} "
@@ -136,6 +144,8 @@ def main() -> int:
         print(table_row(name, runs), flush=True)
         if args.out:
             frame = pd.DataFrame(runs)
+            if args.out.exists():  # appended rows follow the file's own column order (KeyError if it lacks one)
+                frame = frame[list(pd.read_csv(args.out, nrows=0).columns)]
             frame.to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
     return 0
 
