@@ -27,7 +27,8 @@ import pandas as pd
 from heartbeat import layouts, split
 from heartbeat.baseline import classical_predictions, recording_features
 from heartbeat.device import resolve_device
-from heartbeat.fileio import atomic_directory, atomic_write_json, atomic_write_text, remove_dead_leftovers
+from heartbeat.fileio import (atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock,
+                              remove_dead_leftovers)
 from heartbeat.metrics import classification_metrics, summarise_folds
 from heartbeat.report import heart_problem_sentence, plot_cv_folds, recording_groups_sentence
 from heartbeat.runfolder import prepare_output_folder
@@ -91,16 +92,17 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
                              "are too few for it)")
     if uses_feature_cache(settings):
         feature_cache_dir(spectrograms_dir)
-    if os.path.lexists(out_dir):  # a dangling link too: the finished folder would be renamed onto it
-        raise TrainError(f"{out_dir}: already exists (choose another --out)")
-    features = classical_features(spectrograms_dir, windows)  # once per CV: every run picks its recordings' rows
     prepare_output_folder(out_dir.parent, out_dir)
-    remove_dead_leftovers(out_dir.parent, prefix=f".{out_dir.name}.")  # what a killed cv left, once its writer is dead
-    with atomic_directory(out_dir) as work_dir:
-        results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
-                               features=features, progress=progress) for seed, fold, split_table in runs]
-        return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds, dataset=dataset,
-                              started=started)
+    with exclusive_lock(out_dir):  # FolderBusy while another command writes this folder
+        if os.path.lexists(out_dir):  # a dangling link too: the finished folder would be renamed onto it
+            raise TrainError(f"{out_dir}: already exists (choose another --out)")
+        features = classical_features(spectrograms_dir, windows)  # once per CV: every run picks its recordings' rows
+        remove_dead_leftovers(out_dir.parent, prefix=f".{out_dir.name}.")  # a killed cv's, once its writer is dead
+        with atomic_directory(out_dir) as work_dir:
+            results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
+                                   features=features, progress=progress) for seed, fold, split_table in runs]
+            return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds,
+                                  dataset=dataset, started=started)
 
 
 def classical_features(spectrograms_dir: Path, windows: pd.DataFrame) -> pd.DataFrame:

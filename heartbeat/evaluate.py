@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heartbeat import audio, layouts
-from heartbeat.fileio import entry_kind, remove_dead_leftovers
+from heartbeat.fileio import entry_kind, is_inside, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
 
@@ -132,10 +132,8 @@ def check_output_folder(out_dir: Path, inputs: dict[str, Path]) -> None:
                               "(a link could point anywhere)")
     if out_dir.exists() and not out_dir.is_dir():
         raise EvaluationError(f"{out_dir}: not a folder (--out names the folder to write the evaluation into)")
-    real_out = Path(os.path.realpath(out_dir))
     for what, folder in inputs.items():
-        real = Path(os.path.realpath(folder))
-        if real_out == real or real_out.is_relative_to(real):
+        if is_inside(out_dir, folder):
             raise EvaluationError(f"{out_dir}: inside the {what} folder {folder}; evaluate never writes there "
                                   "(choose another --out)")
     existing = next(path for path in (out_dir.absolute(), *out_dir.absolute().parents) if path.exists())

@@ -159,3 +159,59 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- output folders: one writer at a time, never an input
+
+class FolderBusy(RuntimeError):
+    """Another process holds the output lock: another heartbeat command is writing that folder; one-line message."""
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of output `target`: `.<name>.lock` beside it (where its temporaries are made too)."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike, lock: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on `lock` (default lock_path(target)) for the block; FolderBusy naming target if taken.
+
+    Refuses at once rather than waiting: a second command into the same output is a mistake the user
+    should hear of now, and the first may run for hours, so any bounded wait would mostly end in the
+    same refusal. The kernel drops the lock when its holder dies, however it dies, so a killed
+    command never blocks the next; its lock file is reused and then removed. The file is removed
+    while still locked, and a lock taken on a file that was meanwhile removed or replaced is
+    retried, so two processes can never both hold it.
+    """
+    lock = Path(lock) if lock is not None else lock_path(target)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderBusy(f"{target}: another heartbeat command is writing it (it holds {lock}); "
+                             "try again when that one has finished") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.lstat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            break
+        os.close(fd)  # its holder removed it as we opened it: lock the file now in its place
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies inside it, links resolved (neither needs to exist)."""
+    real_path, real_folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return real_path == real_folder or real_path.is_relative_to(real_folder)

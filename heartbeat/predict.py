@@ -31,6 +31,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from heartbeat import audio, metrics
+from heartbeat.workers import worker_count
 
 # The model folder's file names, as heartbeat.model writes them (that module imports torch,
 # so the names are repeated here; a test checks that they agree).
@@ -166,7 +167,7 @@ def load_predictor(run_dir: str | os.PathLike, threads: int | None = None) -> Pr
 
     Raises ModelError with a one-line message for a missing or incomplete folder, a malformed
     model.json, audio settings that differ from this code's, or an unusable ONNX file.
-    threads: onnxruntime's intra-op threads (default: the CPUs this process may use).
+    threads: onnxruntime's intra-op threads (default and cap: the CPUs this process may use).
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -218,7 +219,7 @@ def _open_session(onnx_path: Path, threads: int | None):
 
     options = onnxruntime.SessionOptions()
     # One recording's windows are one small batch: parallelism is within each operator.
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = worker_count(threads)  # more threads than CPUs only take turns
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     # ENABLE_ALL includes the CPU layout transforms (NCHWc): measured 2.5x faster convolutions

@@ -43,8 +43,7 @@ def run_location(run_dir, runs_dir, label: str) -> tuple[Path | None, Path]:
     """
     if run_dir is not None:
         run_dir = Path(run_dir)
-        if os.path.lexists(run_dir):  # a dangling link too: the finished run would be renamed onto it
-            raise TrainError(f"{run_dir}: already exists (runs are never overwritten; choose another --out)")
+        check_new_run(run_dir)
         prepare_output_folder(run_dir.parent, run_dir)
         remove_dead_leftovers(run_dir.parent, prefix=f".{run_dir.name}.")
         return None, run_dir
@@ -54,6 +53,12 @@ def run_location(run_dir, runs_dir, label: str) -> tuple[Path | None, Path]:
     remove_dead_leftovers(runs_dir)
     remove_stale_latest_links(runs_dir)
     return runs_dir, runs_dir / _new_run_name(runs_dir, label)
+
+
+def check_new_run(run_dir: Path) -> None:
+    """TrainError if run_dir exists: a dangling link too (the finished run would be renamed onto it)."""
+    if os.path.lexists(run_dir):
+        raise TrainError(f"{run_dir}: already exists (runs are never overwritten; choose another --out)")
 
 
 def _new_run_name(runs_dir: Path, label: str) -> str:

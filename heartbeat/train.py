@@ -44,7 +44,7 @@ import torch
 from heartbeat import audio, layouts, metrics, model, report, runfolder, split
 from heartbeat import device as devices
 from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, atomic_write_text, entry_kind,
-                              remove_dead_leftovers)
+                              exclusive_lock, remove_dead_leftovers)
 from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
 from heartbeat.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 
@@ -155,15 +155,17 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     if plan.mode == "features":
         feature_cache_dir(spectrograms_dir)
     runs_dir, run_dir = runfolder.run_location(run_dir, runs_dir, settings.name or settings.split)
-    sources = read_sources(spectrograms_dir, settings, progress)
+    with exclusive_lock(run_dir):  # FolderBusy while another command writes this run
+        runfolder.check_new_run(run_dir)  # again, under the lock: another command may have published it meanwhile
+        sources = read_sources(spectrograms_dir, settings, progress)
 
-    with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
-        study = split_windows(windows, settings, split_table, work_dir, dataset)
-        fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
-        result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
-                           seconds=time.time() - started)
-    if runs_dir is not None:
-        runfolder.point_latest(runs_dir, run_dir)
+        with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
+            study = split_windows(windows, settings, split_table, work_dir, dataset)
+            fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
+            result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
+                               seconds=time.time() - started)
+        if runs_dir is not None:
+            runfolder.point_latest(runs_dir, run_dir)
     return dataclasses.replace(result, run_dir=run_dir)
 
 

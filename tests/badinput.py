@@ -123,3 +123,14 @@ def assert_one_line_error(result: CliResult, names: str | list[str], code: int |
     for name in [names] if isinstance(names, str) else names:
         assert str(name) in lines[0], f"{name!r} not named in {lines[0]!r}"
     return lines[0]
+
+
+def hold_lock(target: str | os.PathLike, lock: str | os.PathLike) -> subprocess.Popen:
+    """Another heartbeat command at work on `target`: a process holding fileio.exclusive_lock(target, lock) until
+    killed (the caller kills it). Returns once the lock is held."""
+    code = ("import sys, time\nfrom heartbeat.fileio import exclusive_lock\n"
+            "with exclusive_lock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, os.fspath(target), os.fspath(lock)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held", "the lock holder did not start"
+    return holder

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from badinput import REPO, assert_one_line_error, run_cli, snapshot
+from badinput import REPO, assert_one_line_error, hold_lock, run_cli, snapshot
 from heartbeat import cli, fileio, train
 from heartbeat.cv import cross_validate
 from heartbeat.train import TrainError, TrainSettings
@@ -271,6 +271,22 @@ def test_unforeseen_file_system_error_is_one_line(command, workspace, capsys, mo
     monkeypatch.setattr("heartbeat.cv.cross_validate", disk_full)
     code, lines = run_main(capsys, command, "--spectrograms", workspace / "spectrograms", "--out", workspace / "out", *TINY)
     assert_refused(code, lines, [workspace / "out" / "model.onnx", "No space left on device"])
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_output_another_command_is_writing_is_refused_at_once(command, workspace, capsys):
+    out = workspace / "out" / "result"
+    out.parent.mkdir()
+    holder = hold_lock(out, fileio.lock_path(out))
+    try:
+        before = snapshot(workspace)
+        extra = ["--folds", "2"] if command == "cv" else []
+        code, lines = run_main(capsys, command, "--spectrograms", workspace / "spectrograms", "--out", out, *extra, *TINY)
+        assert_refused(code, lines, [out, "another heartbeat command is writing it"])
+        assert snapshot(workspace) == before  # nothing trained, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---------------------------------------------------------------- a diverged run is never written

@@ -181,3 +181,42 @@ def test_remove_dead_leftovers_never_follows_links_and_only_takes_its_own_names(
     assert remove_dead_leftovers(folder) == [other_prefix]  # every prefix: the dead .csv temporary goes too
     assert names(outside) == ["precious.txt"] and (outside / "precious.txt").read_text() == "keep"
     assert all((folder / name).exists() for name in not_ours)
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_frees_with_its_holder(tmp_path):
+    from heartbeat.fileio import FolderBusy, exclusive_lock, lock_path
+
+    out = tmp_path / "out"
+    holder = python("""
+        import sys, time
+        from heartbeat.fileio import exclusive_lock
+        with exclusive_lock(sys.argv[1]):
+            print("held", flush=True)
+            time.sleep(120)
+        """, out)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy, match="another heartbeat command is writing it") as refused:
+            with exclusive_lock(out):
+                pass
+        assert str(out) in str(refused.value) and "\n" not in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_path(out).exists()  # a killed holder cannot remove its lock file, but the kernel dropped its lock
+    with exclusive_lock(out):
+        with pytest.raises(FolderBusy):  # one holder at a time, in one process too
+            with exclusive_lock(out):
+                pass
+    assert not lock_path(out).exists()  # removed by its last holder
+
+
+def test_is_inside_resolves_links(tmp_path):
+    from heartbeat.fileio import is_inside
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data" / "sub", target_is_directory=True)
+    assert is_inside(tmp_path / "data", tmp_path / "data")
+    assert is_inside(tmp_path / "data" / "new" / "out", tmp_path / "data")
+    assert is_inside(tmp_path / "link" / "out", tmp_path / "data")
+    assert not is_inside(tmp_path / "data2", tmp_path / "data")
