@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import struct
 import zlib
@@ -158,7 +159,7 @@ FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S
 
 
 def load_audio(path: str | os.PathLike, settings: AudioSettings = SETTINGS, *,
-               max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
+               max_seconds: float = DEFAULT_MAX_SECONDS, notes: list[str] | None = None) -> np.ndarray:
     """Read any file soundfile can read, mix to mono, resample to the model rate; float32.
 
     Raises AudioError for a missing file or one that is not a regular file (a FIFO, a device,
@@ -166,6 +167,7 @@ def load_audio(path: str | os.PathLike, settings: AudioSettings = SETTINGS, *,
     duration above max_seconds (both from the header, before any sample is read), and for
     an empty, non-finite, silent or too-short recording. Samples are read in blocks and
     resampled as a stream, so memory follows the 4 kHz output, not the file's native rate.
+    What is used but worth a warning (a truncated file) is appended to `notes`, one line each.
     """
     import soundfile
 
@@ -175,13 +177,31 @@ def load_audio(path: str | os.PathLike, settings: AudioSettings = SETTINGS, *,
         # (and a name that is not valid UTF-8 needs no encoding).
         with soundfile.SoundFile(descriptor, closefd=False) as sound:
             check_header(sound.samplerate, sound.frames, max_seconds)
-            return _read_mono(sound, settings, max_seconds)
+            signal = _read_mono(sound, settings, max_seconds)
+            truncation = truncation_note(sound.extra_info)
+            if truncation and notes is not None:
+                notes.append(truncation)
+            return signal
     except AudioError:
         raise
     except Exception as error:  # soundfile raises its own error types for every unreadable file
         raise AudioError(f"not a readable audio file ({_reason(error)})") from None
     finally:
         os.close(descriptor)
+
+
+# libsndfile's log of a WAV whose data chunk declares more bytes than the file holds: "data : 32000 (should be 15978)".
+# It already counts only the frames that are there (sound.frames), so memory never follows the declared size.
+_TRUNCATED_DATA = re.compile(r"^data\s*:\s*(?P<declared>\d+)\s*\(should be (?P<held>\d+)\)", re.MULTILINE)
+
+
+def truncation_note(log: str) -> str | None:
+    """One line if libsndfile's header log says the data is cut short (a copy or download that stopped), else None."""
+    match = _TRUNCATED_DATA.search(log)
+    if match is None or int(match["held"]) >= int(match["declared"]):
+        return None
+    return (f"is truncated: its header declares {match['declared']} bytes of samples, the file holds "
+            f"{match['held']}; the samples it holds are used")
 
 
 def _open_regular_file(path: str | os.PathLike) -> int:

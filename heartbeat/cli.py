@@ -16,6 +16,7 @@ from pathlib import Path
 from heartbeat import __version__
 from heartbeat import settings as settings_module
 from heartbeat.layouts import FORMATS  # standard library only: --help stays quick
+from heartbeat.workers import CAP_HELP, worker_number  # standard library only
 
 EXIT_FAILED = 1  # the command ran but some input failed
 EXIT_USAGE = 2  # the command could not run (argparse uses 2 as well)
@@ -61,7 +62,8 @@ def _add_spectrograms(commands) -> None:
     parser.add_argument("--data", default=str(config.DATA_DIR), help="the data folder (default: %(default)s)")
     _add_layout_flags(parser)
     parser.add_argument("--out", default=str(config.SPECTROGRAMS_DIR), help="output folder (default: %(default)s)")
-    parser.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: one per core)")
+    parser.add_argument("--jobs", type=worker_number, default=None,
+                        help=f"worker processes (default: one per CPU; {CAP_HELP}, nor than the recordings to make)")
     parser.add_argument("--include-unlabelled", action="store_true", help="also unlabelled recordings (Dataset B: its 195 test recordings)")
     # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
     parser.add_argument("--max-seconds", type=_max_seconds, default=None,
@@ -155,9 +157,11 @@ def _train_settings(args):
 @contextlib.contextmanager
 def _training_errors():
     """Stage 2's errors the user can fix as one line (UserError, exit 2): bad data, weights, device, a full disk."""
+    from heartbeat.fileio import FolderBusy  # standard library only
+
     try:
         yield
-    except (settings_module.TrainError, ValueError) as error:
+    except (settings_module.TrainError, ValueError, FolderBusy) as error:
         raise UserError(str(error)) from None
     except OSError as error:  # what no check could foresee (a full disk); the output folder was not written
         raise UserError(_os_error_line(error)) from None
@@ -324,8 +328,8 @@ def _add_evaluate(commands) -> None:
                         help="folder to write the evaluation into (created if needed; a rerun replaces its five files "
                              "and touches nothing else; not inside the data or the model folder)")
     _add_max_seconds(parser)
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                        help="ONNX Runtime threads (default: the CPUs this process may use)")
+    parser.add_argument("--threads", type=worker_number, default=None, metavar="N",
+                        help=f"ONNX Runtime threads (default: the CPUs this process may use; {CAP_HELP})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_evaluate)
 

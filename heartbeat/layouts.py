@@ -668,6 +668,8 @@ def parse_label_map(text: str) -> dict[str, str | None]:
             problems.append(f"{entry!r} is not old=new or old={DROP}")
         elif old in mapping:
             problems.append(f"{old!r} is mapped twice")
+        elif new != DROP and new.lower() == DROP:  # a class called DROP is surely a mistyped drop
+            problems.append(f"{entry!r}: write {DROP!r} in lowercase to drop a label ({new!r} would be a class)")
         elif new != DROP and label_problem(new):
             problems.append(label_problem(new))
         else:
@@ -695,6 +697,19 @@ def apply_label_map(recordings: list[Recording], mapping: dict[str, str | None])
         elif mapping[recording.label] is not None:
             mapped.append(dataclasses.replace(recording, label=mapping[recording.label]))
     return mapped
+
+
+def case_clashes(classes: list[str], where) -> list[str]:
+    """One warning line per group of classes that differ only in case (`Murmur`, `murmur`): likely one class.
+
+    They stay distinct classes (a label is case-sensitive); --label-map can merge them.
+    """
+    by_folded: dict[str, list[str]] = {}
+    for name in classes:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    return [f"{where}: labels {', '.join(repr(name) for name in sorted(names))} differ only in case; they stay "
+            f"separate classes (merge them with --label-map {sorted(names)[1]}={sorted(names)[0]})"
+            for names in by_folded.values() if len(names) > 1]
 
 
 def normal_class(classes: list[str]) -> str | None:

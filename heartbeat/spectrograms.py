@@ -26,6 +26,7 @@ the worker processes die with the parent.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -39,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heartbeat import audio, layouts
-from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, entry_kind, remove_dead_leftovers
+from heartbeat.fileio import (TEMP_NAME, FolderBusy, atomic_write_bytes, entry_kind, exclusive_lock, is_inside,
+                              remove_dead_leftovers)
+from heartbeat.workers import worker_count
 
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "audio_settings.json"
@@ -67,6 +70,10 @@ _OWN_IMAGE = re.compile(rf"^{IMAGES_DIR}/(?P<name>[^/\x00]+\.png)$")
 # Dataset B's manifest is about 200 KB; a file far bigger is not one of ours and is not read into memory.
 MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_DATASET_BYTES = 2**20  # dataset.json is a few hundred bytes
+# Held while a run writes OUT, so that two runs into one OUT cannot mix their images and manifests.
+LOCK_NAME = ".spectrograms.lock"
+# Settings every version of this stage wrote into audio_settings.json: a file with them marks OUT as this stage's own.
+_OWN_SETTINGS_KEYS = {"sample_rate", "n_fft", "hop_length", "n_mels"}
 
 
 class OutputError(Exception):
@@ -75,6 +82,10 @@ class OutputError(Exception):
 
 class ManifestError(ValueError):
     """An old manifest.csv that is not one this stage wrote (foreign, corrupt, binary)."""
+
+
+class ImageWriteError(Exception):
+    """An image could not be written into OUT (a full disk, say): a problem of OUT, not of the recording."""
 
 
 @dataclass
@@ -135,18 +146,22 @@ def _source_signature(path: Path) -> tuple[str, str]:
     return str(info.st_size), str(info.st_mtime_ns)
 
 
-def _make_images(recording: Item, out_dir: Path, settings: audio.AudioSettings, max_seconds: float) -> list[dict]:
-    """Worker: turn one recording into PNGs written atomically; return its manifest rows."""
+def _make_images(recording: Item, out_dir: Path, settings: audio.AudioSettings, max_seconds: float,
+                 notes: list[str]) -> list[dict]:
+    """Worker: turn one recording into PNGs written atomically; return its manifest rows, warnings into `notes`.
+
+    ImageWriteError if OUT cannot take an image: that stops the run, where a bad recording does not.
+    """
     import soundfile
 
     size, mtime_ns = _source_signature(recording.path)
-    signal = audio.load_audio(recording.path, settings, max_seconds=max_seconds)
+    signal = audio.load_audio(recording.path, settings, max_seconds=max_seconds, notes=notes)
     native_rate = soundfile.info(str(recording.path)).samplerate
     duration_s = signal.size / settings.sample_rate
     rows = []
     for window, (start_s, image) in enumerate(audio.iter_recording_images(signal, settings)):
         name = image_name(recording.image_stem, window)
-        atomic_write_bytes(out_dir / name, audio.encode_png(image))
+        _write_image(out_dir / name, audio.encode_png(image))
         rows.append(
             {
                 "image": name,
@@ -164,19 +179,31 @@ def _make_images(recording: Item, out_dir: Path, settings: audio.AudioSettings, 
     return rows
 
 
+def _write_image(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise ImageWriteError(f"{path.parent.parent}: cannot be written ({error.strerror or error}); "
+                              "the earlier manifest is kept") from None
+
+
 def _recording_columns(recording: Item) -> dict:
     """The manifest columns that describe the recording, not its images: rewritten on every run."""
     return {"label": recording.label, "patient_id": recording.group, "extra": recording.extra}
 
 
 def _worker(task):
+    """(recording, its rows or None, why it failed or None, its warnings); ImageWriteError passes: it ends the run."""
     recording, out_dir, settings, max_seconds = task
+    notes: list[str] = []
     try:
-        return recording, _make_images(recording, out_dir, settings, max_seconds), None
+        return recording, _make_images(recording, out_dir, settings, max_seconds, notes), None, notes
+    except ImageWriteError:
+        raise
     except audio.AudioError as error:
-        return recording, None, str(error)
+        return recording, None, str(error), notes
     except Exception as error:  # one bad file must not stop the batch: report it and go on
-        return recording, None, f"{type(error).__name__}: {error}"
+        return recording, None, f"{type(error).__name__}: {error}", notes
 
 
 def is_own_image(image: str) -> bool:
@@ -228,7 +255,11 @@ def _read_own_file(path: Path, max_bytes: int, what: str) -> bytes:
 
 
 def _previous_rows(manifest_path: Path, warnings: list[str]) -> dict[str, list[dict]]:
-    """The previous run's rows by recording; {} if there is none, or (with a warning) if it is not ours."""
+    """The previous run's rows by recording; {} if there is none, or (with a warning) if it is not ours.
+
+    Only in a folder that is this stage's own (see _check_foreign_files): elsewhere a manifest that
+    is not ours has already been refused.
+    """
     if not os.path.lexists(manifest_path):
         return {}
     try:
@@ -284,12 +315,62 @@ def _current_rows(recording: Item, rows: list[dict] | None, present: set[str], d
     return [{**row, **_recording_columns(recording)} for row in rows] if current else None
 
 
-def _check_output_folder(out_dir: Path) -> None:
+def _foreign_files(out_dir: Path) -> list[tuple[Path, str]]:
+    """(file, why it is not ours) for each of OUT's manifest.csv, audio_settings.json and dataset.json that
+    this stage did not write; [] if OUT is this stage's own (one of the three is ours: a rerun may replace
+    the others). Bounded reads that never follow a link (_read_own_file)."""
+    manifest, settings, dataset = (out_dir / name for name in (MANIFEST_NAME, SETTINGS_NAME, DATASET_NAME))
+    foreign, own = [], False
+    for path, is_ours in ((manifest, _is_own_manifest), (settings, _is_own_settings), (dataset, _is_own_dataset)):
+        if not os.path.lexists(path):
+            continue
+        problem = is_ours(path)
+        if problem is None:
+            own = True
+        else:
+            foreign.append((path, problem))
+    return [] if own else foreign
+
+
+def _is_own_manifest(path: Path) -> str | None:
+    try:
+        read_manifest(path)
+    except ManifestError as error:
+        return str(error)
+    return None
+
+
+def _is_own_settings(path: Path) -> str | None:
+    try:
+        saved = json.loads(_read_own_file(path, MAX_DATASET_BYTES, "an audio_settings.json"))
+    except (ManifestError, ValueError) as error:
+        return str(error) if isinstance(error, ManifestError) else "is not JSON"
+    return None if isinstance(saved, dict) and _OWN_SETTINGS_KEYS <= set(saved) else "is not this stage's settings"
+
+
+def _is_own_dataset(path: Path) -> str | None:
+    return None if read_dataset_description(path.parent) is not None else "is not this stage's dataset description"
+
+
+def _check_foreign_files(out_dir: Path) -> None:
+    """OutputError naming the first file of OUT that this stage did not write, unless OUT is its own."""
+    foreign = _foreign_files(out_dir)
+    if foreign:
+        path, problem = foreign[0]
+        raise OutputError(f"{path}: {problem}; not written by 'heartbeat spectrograms', so it is not replaced "
+                          "(move it away, or choose another --out)")
+
+
+def _check_output_folder(out_dir: Path, data_dir: Path) -> None:
     """Raise OutputError if OUT cannot hold this stage's outputs. Creates nothing: called before any work.
 
-    OUT itself may be a link to a folder (the user's choice); images/ inside it may not, since
+    OUT must not be the data folder or inside it (the data's own files are never replaced). OUT
+    itself may be a link to a folder (the user's choice); images/ inside it may not, since
     writes through it would land outside OUT.
     """
+    if is_inside(out_dir, data_dir):
+        raise OutputError(f"{out_dir}: inside the data folder {data_dir}; spectrograms never writes there "
+                          "(choose another --out)")
     existing = out_dir
     while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
@@ -345,13 +426,38 @@ def build_spectrograms(
     max_seconds is listed as failed (refused from its header, before it is read).
     """
     out_dir = Path(out_dir)
-    _check_output_folder(out_dir)
+    _check_output_folder(out_dir, Path(data_dir))
     layout = layouts.read_recordings(data_dir, format, label_map=label_map, group_regex=group_regex)
     recordings = [recording for recording in layout.recordings if include_unlabelled or recording.label]
+    if not recordings:  # an empty run would replace the earlier manifest with an empty one
+        what = "recordings" if include_unlabelled else "labelled recordings"
+        mapped = " after --label-map" if label_map else ""
+        raise layouts.LayoutError(f"{data_dir}: no {what}{mapped} ({len(layout.recordings)} found); "
+                                  f"nothing to do, {out_dir} is left as it was")
+    _check_foreign_files(out_dir)  # before anything is created: a refused OUT stays as it was
+    with contextlib.ExitStack() as locked:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            locked.enter_context(exclusive_lock(out_dir, out_dir / LOCK_NAME))
+        except FolderBusy as error:
+            raise OutputError(str(error)) from None
+        except OSError as error:  # OUT or its lock file cannot be created
+            raise OutputError(f"{out_dir}: cannot be written ({error.strerror or error})") from None
+        _check_foreign_files(out_dir)  # again, now that no other run of this stage can be writing
+        try:
+            return _build_locked(recordings, layout, data_dir, out_dir, label_map=label_map, jobs=jobs,
+                                 settings=settings, max_seconds=max_seconds, progress=progress)
+        except ImageWriteError as error:  # one line about OUT, not one per recording; nothing else was replaced
+            raise OutputError(str(error)) from None
 
+
+def _build_locked(recordings: list[layouts.Recording], layout: layouts.LayoutResult, data_dir, out_dir: Path, *,
+                  label_map, jobs, settings: audio.AudioSettings, max_seconds: float, progress: bool) -> StageSummary:
+    """The stage's work in OUT, once OUT is locked: images, then settings, dataset.json and the manifest."""
     manifest_path = out_dir / MANIFEST_NAME
     summary = StageSummary(format=layout.format, format_reason=layout.reason, recordings=len(recordings),
                            manifest=manifest_path)
+    summary.warnings += layouts.case_clashes(layout.classes, data_dir)
     _prepare_output_folder(out_dir)
     previous = _previous_rows(manifest_path, summary.warnings)
     present, refused = _sort_old_images(previous, out_dir)  # the old images: reused, or removed at the end
@@ -389,7 +495,8 @@ def build_spectrograms(
     summary.up_to_date = len(rows_by_recording)
 
     if to_make:
-        for recording, rows, error in _run_parallel(to_make, out_dir, settings, max_seconds, jobs, progress):
+        for recording, rows, error, notes in _run_parallel(to_make, out_dir, settings, max_seconds, jobs, progress):
+            summary.warnings += [f"{recording.path}: {note}" for note in notes]
             if error is None:
                 rows_by_recording[recording.recording] = rows
                 summary.made += 1
@@ -493,8 +600,8 @@ def _run_parallel(recordings, out_dir, settings, max_seconds, jobs, progress):
 
     from tqdm import tqdm
 
-    jobs = max(1, jobs or len(os.sched_getaffinity(0)))
     tasks = [(recording, out_dir, settings, max_seconds) for recording in recordings]
+    jobs = worker_count(jobs, len(tasks))
     bar = tqdm(total=len(tasks), desc="spectrograms", unit="rec", disable=not progress, file=sys.stderr)
     try:
         if jobs == 1 or len(tasks) == 1:
@@ -512,9 +619,13 @@ def _run_parallel(recordings, out_dir, settings, max_seconds, jobs, progress):
                                      initargs=(os.getpid(),)) as pool:
                 # chunks amortise inter-process traffic; small enough to keep the bar moving
                 chunksize = max(1, min(16, len(tasks) // (jobs * 8)))
-                for result in pool.map(_worker, tasks, chunksize=chunksize):
-                    yield result
-                    bar.update()
+                try:
+                    for result in pool.map(_worker, tasks, chunksize=chunksize):
+                        yield result
+                        bar.update()
+                except BaseException:  # OUT cannot be written, or the run was stopped: queued work is pointless
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     finally:
         bar.close()
 

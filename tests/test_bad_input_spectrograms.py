@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from badinput import REPO, assert_one_line_error, run_cli, snapshot
+from badinput import REPO, assert_one_line_error, hold_lock, run_cli, snapshot
 from conftest import clicks, write_wav
 
 RATE = 4000
@@ -133,8 +133,9 @@ RECORDING_CASES = [
     ("flac", wav(subtype="PCM_16", file_format="FLAC"), None),
     ("ogg", wav(subtype="VORBIS", file_format="OGG"), None),
     ("just-under-max-seconds", wav(seconds=19.0), None),
-    ("truncated-data", data_cut_halfway, None),  # made from the samples it holds
+    ("truncated-data", data_cut_halfway, None),  # made from the samples it holds, with a warning
 ]
+WARNED = {"truncated-data": "is truncated"}  # made, and one warning line naming the file and this
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_batch_exit_code_one_line_per_bad_recording_and_nothing_else_touched(bat
     refused = [case for case, _, reason in RECORDING_CASES if reason is not None]
     assert batch.result.returncode == 1, batch.result.stderr
     assert "Traceback" not in batch.result.stderr
-    assert len(batch.result.error_lines()) == len(refused), batch.result.error_lines()
+    assert len(batch.result.error_lines()) == len(refused) + len(WARNED), batch.result.error_lines()
     assert f"{len(refused)} failed" in batch.result.stdout
     assert batch.after == batch.before
 
@@ -167,7 +168,10 @@ def test_batch_exit_code_one_line_per_bad_recording_and_nothing_else_touched(bat
 def test_recording(batch, case, reason):
     name = batch.names[case]
     lines = [line for line in batch.result.error_lines() if name in line]
-    if reason is None:
+    if case in WARNED:
+        assert len(lines) == 1 and name in batch.made, batch.result.error_lines()
+        assert lines[0].startswith(f"heartbeat: warning: {batch.data / 'set_b' / name}: {WARNED[case]}")
+    elif reason is None:
         assert lines == [] and name in batch.made
     else:
         assert len(lines) == 1, batch.result.error_lines()
@@ -349,9 +353,10 @@ MANIFEST_CASES = [
 
 
 @pytest.mark.parametrize("case, spoil", MANIFEST_CASES, ids=[case for case, _ in MANIFEST_CASES])
-def test_unusable_old_manifest_is_one_warning_and_everything_is_remade(case_root, case, spoil):
+def test_unusable_old_manifest_in_its_own_folder_is_one_warning_and_everything_is_remade(case_root, case, spoil):
     data, out = case_root / "data", case_root / "out"
-    (out / "images").mkdir(parents=True)
+    assert spectrograms(data, out, "--jobs", "1").returncode == 0  # OUT is this stage's: its other files say so
+    (out / "manifest.csv").unlink()
     spoil(out / "manifest.csv")
     before = snapshot(case_root, exclude=out)
     result = spectrograms(data, out, "--jobs", "1", timeout=60)  # a FIFO must not make it wait for ever
@@ -489,3 +494,217 @@ def test_sigkill_workers_die_with_the_parent_and_the_rerun_cleans_up(tmp_path):
         if live is not None:
             live.kill()
             live.wait()
+
+
+@pytest.mark.parametrize("case, spoil", MANIFEST_CASES, ids=[case for case, _ in MANIFEST_CASES])
+def test_foreign_manifest_in_a_folder_not_ours_is_refused_and_kept(case_root, case, spoil):
+    data, out = case_root / "data", case_root / "out"
+    (out / "images").mkdir(parents=True)
+    spoil(out / "manifest.csv")
+    before = snapshot(case_root)
+    result = spectrograms(data, out, "--jobs", "1", timeout=60)
+    line = assert_one_line_error(result, str(out / "manifest.csv"), code=2)
+    assert "not replaced" in line
+    assert snapshot(case_root) == before
+
+
+@pytest.mark.parametrize("name, content", [
+    ("dataset.json", b'{"name": "my own dataset description", "license": "CC-BY"}\n'),
+    ("audio_settings.json", b"[1, 2, 3]\n"),
+    ("manifest.csv", b"file,label\na.wav,normal\n"),
+])
+def test_foreign_file_in_out_is_refused_naming_it(case_root, name, content):
+    data, out = case_root / "data", case_root / "out"
+    out.mkdir()
+    (out / name).write_bytes(content)
+    before = snapshot(case_root)
+    line = assert_one_line_error(spectrograms(data, out, "--jobs", "1"), str(out / name), code=2)
+    assert "not replaced" in line
+    assert snapshot(case_root) == before
+
+
+# ---------------------------------------------------------------- OUT in the data folder
+
+@pytest.mark.parametrize("where", ["data", "data/specs", "data/set_b"])
+def test_out_that_is_or_is_inside_the_data_folder_is_refused(case_root, where):
+    data = case_root / "data"
+    (data / "manifest.csv").write_text("the user's own manifest\n")
+    before = snapshot(case_root)
+    line = assert_one_line_error(spectrograms(data, case_root / where), "inside the data folder", code=2)
+    assert str(case_root / where) in line
+    assert snapshot(case_root) == before
+
+
+def test_out_reached_through_a_link_into_the_data_folder_is_refused(case_root):
+    data = case_root / "data"
+    (case_root / "out").symlink_to(data / "set_b", target_is_directory=True)
+    before = snapshot(case_root)
+    assert_one_line_error(spectrograms(data, case_root / "out"), "inside the data folder", code=2)
+    assert snapshot(case_root) == before
+
+
+# ---------------------------------------------------------------- zero recordings: the earlier output stays
+
+def labels_csv(data: Path, labels: list[str]) -> list[str]:
+    """The csv layout's DATA/labels.csv naming the recordings in set_b/ (sorted) with these labels; its flags."""
+    rows = "".join(f"set_b/{name},{label}\n" for name, label in zip(sorted(base_recordings(data)), labels))
+    (data / "labels.csv").write_text("file,label\n" + rows)
+    return ["--format", "csv"]
+
+
+def no_labelled_rows(data: Path) -> list[str]:
+    return labels_csv(data, [])  # the header alone
+
+
+def every_label_dropped(data: Path) -> list[str]:
+    return ["--label-map", ",".join(f"{label}=drop" for label in BASE_LABELS)]
+
+
+def only_unlabelled_rows(data: Path) -> list[str]:
+    names = sorted(base_recordings(data))
+    write_csv(data, names, [""] * len(names))
+    return []
+
+
+@pytest.mark.parametrize("spoil", [no_labelled_rows, every_label_dropped, only_unlabelled_rows])
+def test_zero_labelled_recordings_is_one_line_exit_2_and_the_earlier_output_stays(case_root, spoil):
+    data, out = case_root / "data", case_root / "out"
+    assert spectrograms(data, out, "--jobs", "1").returncode == 0
+    flags = spoil(data)
+    before = snapshot(case_root)
+    line = assert_one_line_error(spectrograms(data, out, "--jobs", "1", *flags), str(data), code=2)
+    assert "no labelled recordings" in line
+    assert snapshot(case_root) == before  # images, manifest.csv and dataset.json byte for byte
+
+
+# ---------------------------------------------------------------- labels
+
+def test_labels_differing_only_in_case_get_a_warning_naming_both(case_root):
+    data, out = case_root / "data", case_root / "out"
+    result = spectrograms(data, out, "--jobs", "1", *labels_csv(data, ["Murmur", "murmur", "normal"]))
+    assert result.returncode == 0, result.stderr
+    lines = result.error_lines()
+    assert len(lines) == 1 and lines[0].startswith("heartbeat: warning: "), lines
+    assert "'Murmur'" in lines[0] and "'murmur'" in lines[0] and "case" in lines[0]
+    assert {row["label"] for row in manifest_rows(out)} == {"Murmur", "murmur", "normal"}  # still distinct
+
+
+@pytest.mark.parametrize("word", ["DROP", "Drop"])
+def test_drop_in_another_case_is_one_line_saying_it_is_lowercase(case_root, word):
+    data, out = case_root / "data", case_root / "out"
+    before = snapshot(case_root)
+    line = assert_one_line_error(spectrograms(data, out, "--label-map", f"normal={word}"), "--label-map", code=2)
+    assert "lowercase" in line and word in line
+    assert snapshot(case_root) == before
+
+
+# ---------------------------------------------------------------- worker caps
+
+def test_jobs_beyond_the_cap_is_refused_at_parse_time(case_root):
+    before = snapshot(case_root)
+    result = spectrograms(case_root / "data", case_root / "out", "--jobs", "1025")
+    line = assert_one_line_error(result, "--jobs", code=2)
+    assert "1024" in line
+    assert snapshot(case_root) == before
+
+
+def test_jobs_are_capped_at_the_cpus_and_the_recordings(case_root, monkeypatch):
+    from heartbeat import spectrograms as stage
+    from heartbeat import workers
+
+    pools = []
+
+    class SpyPool(stage.ProcessPoolExecutor):
+        def __init__(self, max_workers=None, **options):
+            pools.append(max_workers)
+            super().__init__(max_workers=max_workers, **options)
+
+    monkeypatch.setattr(stage, "ProcessPoolExecutor", SpyPool)
+    monkeypatch.setattr(workers, "available_cpus", lambda: 64)  # a big machine: the 3 recordings are the cap
+    stage.build_spectrograms(case_root / "data", case_root / "out", jobs=1000, progress=False)
+    monkeypatch.setattr(workers, "available_cpus", lambda: 2)  # a small one: its CPUs are
+    stage.build_spectrograms(case_root / "data", case_root / "out2", jobs=1000, progress=False)
+    assert pools == [3, 2]
+
+
+def test_evaluate_threads_beyond_the_cap_are_refused_at_parse_time(tmp_path):
+    result = run_cli("evaluate", "--data", tmp_path, "--out", tmp_path / "out", "--threads", "10000")
+    line = assert_one_line_error(result, "--threads", code=2)
+    assert "1024" in line and not (tmp_path / "out").exists()
+
+
+def test_evaluate_threads_are_capped_at_the_cpus(monkeypatch):
+    import onnxruntime
+
+    from heartbeat import predict, workers
+
+    threads = []
+
+    class SpySession:  # what predict's session is opened with; no model needed
+        def __init__(self, path, options, providers):
+            threads.append(options.intra_op_num_threads)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", SpySession)
+    monkeypatch.setattr(workers, "available_cpus", lambda: 3)
+    for asked in (10000, None, 2):
+        predict._open_session(Path("model.onnx"), asked)
+    assert threads == [3, 3, 2]
+
+
+@pytest.mark.parametrize("command, flag", [("spectrograms", "--jobs"), ("evaluate", "--threads")])
+def test_help_states_the_cap(command, flag, capsys):
+    from heartbeat import cli
+
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    help_of_flag = text[text.rindex(flag):]  # the flag's own entry, not the usage line
+    assert "never more than the CPUs this process may use, at most 1024" in help_of_flag[:400]
+
+
+# ---------------------------------------------------------------- a full disk in OUT
+
+def test_write_failure_in_out_is_one_error_about_out_and_the_manifest_stays(case_root, monkeypatch, capsys):
+    import errno
+
+    from heartbeat import cli
+    from heartbeat import spectrograms as stage
+
+    data, out = case_root / "data", case_root / "out"
+    assert spectrograms(data, out, "--jobs", "1").returncode == 0
+    for path in (data / "set_b").iterdir():  # every recording must be remade
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    before = snapshot(case_root)
+
+    def disk_full(path, data_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(stage, "atomic_write_bytes", disk_full)
+    code = cli.main(["spectrograms", "--data", str(data), "--out", str(out), "--jobs", "1", "--quiet"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"heartbeat: error: {out}: cannot be written"), lines
+    assert os.strerror(errno.ENOSPC) in lines[0]
+    assert snapshot(case_root) == before
+
+
+# ---------------------------------------------------------------- two runs into one OUT
+
+def test_run_into_an_out_another_command_is_writing_is_refused_and_changes_nothing(case_root):
+    from heartbeat.spectrograms import LOCK_NAME
+
+    data, out = case_root / "data", case_root / "out"
+    assert spectrograms(data, out, "--jobs", "1").returncode == 0
+    labels_csv(data, ["normal", "murmur", "murmur"])  # another label map: this run would rewrite the manifest
+    holder = hold_lock(out, out / LOCK_NAME)
+    try:
+        before = snapshot(case_root)
+        line = assert_one_line_error(spectrograms(data, out, "--jobs", "1", "--format", "csv"), str(out), code=2)
+        assert "another heartbeat command is writing it" in line
+        assert snapshot(case_root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    result = spectrograms(data, out, "--jobs", "1", "--format", "csv")  # its holder dead, the lock is free again
+    assert result.returncode == 0, result.stderr
+    assert not (out / LOCK_NAME).exists()

@@ -192,6 +192,20 @@ def test_parse_label_map():
         "murmur": "abnormal", "extrastole": "abnormal", "artifact": None}
 
 
+@pytest.mark.parametrize("word", ["DROP", "Drop", "dRoP"])
+def test_parse_label_map_says_drop_is_lowercase(word):
+    message = error_of(parse_label_map, f"normal={word}")
+    assert message.startswith("--label-map: ") and "lowercase" in message and word in message
+
+
+def test_case_clashes_name_both_labels():
+    from heartbeat.layouts import case_clashes
+
+    warnings = case_clashes(["Murmur", "extrastole", "murmur", "normal"], "DATA")
+    assert len(warnings) == 1 and warnings[0].startswith("DATA: ") and "'Murmur'" in warnings[0] and "'murmur'" in warnings[0]
+    assert case_clashes(["murmur", "normal"], "DATA") == []
+
+
 @pytest.mark.parametrize("text", ["", "murmur", "murmur=", "=normal", "a=b=c", "a=b,a=c", "a=b,", "a=x/y", "a=.hidden"])
 def test_parse_label_map_refuses_malformed_text(text):
     assert error_of(parse_label_map, text).startswith("--label-map: ")

@@ -133,9 +133,10 @@ def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
 
 
 def test_cli_bad_data_folder_is_one_line_and_exit_2(tmp_path, capsys):
-    (tmp_path / "set_b").mkdir()
-    (tmp_path / "set_b.csv").write_text("dataset,fname\r\n")
-    assert cli.main(["spectrograms", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    data = tmp_path / "data"
+    (data / "set_b").mkdir(parents=True)
+    (data / "set_b.csv").write_text("dataset,fname\r\n")
+    assert cli.main(["spectrograms", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "set_b.csv" in err and "missing column" in err
     assert not (tmp_path / "o" / "manifest.csv").exists()
