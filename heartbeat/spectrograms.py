@@ -18,8 +18,12 @@ others go on; earlier outputs are never deleted by a run that had failures.
 The stage only ever creates, replaces or deletes files inside OUT/images/ (and its own
 manifest.csv and audio_settings.json). An old manifest is input like any other: a row whose
 image is not a plain file name directly inside images/ (`..`, an absolute path, a sub-folder,
-a link) is ignored and reported, never deleted or reused; a manifest that is not one of ours
-(foreign, corrupt, binary) is ignored with a warning and every recording is remade. What a
+a link) is ignored and reported, never deleted or reused. A manifest.csv, dataset.json or
+audio_settings.json that is not one of ours (foreign, corrupt, binary) is refused, naming it,
+unless OUT is clearly this stage's own (another of the three is ours): then it is ignored with a
+warning and every recording is remade. OUT may not be, or lie inside, the data folder; a run
+holds fileio.exclusive_lock on OUT (a second run into it is refused); zero recordings is an error
+and a write failure in OUT stops the run: either way the earlier outputs stay as they were. What a
 killed run left behind (temporary files whose writer is dead) is removed at the next start;
 the worker processes die with the parent.
 """
