@@ -35,7 +35,7 @@ from heartbeat import audio, layouts
 from heartbeat.fileio import entry_kind, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
-from heartbeat.text import spreadsheet_cell
+from heartbeat.text import printable, spreadsheet_cell
 
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -212,7 +212,7 @@ def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure
                                      normal_class=layouts.normal_class(classes))
     metrics["context"] = plain(evaluation_context(plan, predictions, failures, majority))
     matrix = metrics["confusion_matrix"]["matrix"]
-    title = f"{plan.data_dir} ({plan.layout.format}), model {plan.predictor.model_id}"
+    title = printable(f"{plan.data_dir} ({plan.layout.format}), model {plan.predictor.model_id}")  # drawn, not run: still legible
     files = {
         PREDICTIONS_FILE: predictions_csv(predictions, classes).encode("utf-8", "backslashreplace"),
         METRICS_FILE: json_bytes(metrics),
