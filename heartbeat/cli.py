@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
 from heartbeat import __version__
 from heartbeat import settings as settings_module
 from heartbeat.layouts import FORMATS  # standard library only: --help stays quick
+from heartbeat.text import printable  # standard library only
 from heartbeat.workers import CAP_HELP, worker_number  # standard library only
 
 EXIT_FAILED = 1  # the command ran but some input failed
 EXIT_USAGE = 2  # the command could not run (argparse uses 2 as well)
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE: what a shell reports for a coreutils tool whose reader went away
+# --max-seconds' ceiling: a day of sound, far beyond any auscultation. The limit guards memory and time
+# per file, so an unbounded value (1e308 overflowed the header check, and every file failed) is refused.
+MAX_SECONDS_CEILING = 86400.0
 
 
 class UserError(Exception):
     """An error whose message is the whole story: printed as one line, exit code 2."""
+
+
+class _StdoutClosed(Exception):
+    """Standard output's reader went away (`heartbeat predict ... | head -n1`): stop quietly, as Unix tools do."""
 
 
 # Checks of one number, shared with TrainSettings' flags (heartbeat.settings imports only the standard library,
@@ -41,8 +51,9 @@ def _fold_count(text: str) -> int:
 def _max_seconds(text: str) -> float:
     """--max-seconds of `heartbeat spectrograms`: a positive, finite number of seconds."""
     value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    if not 0 < value <= MAX_SECONDS_CEILING:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds up to {MAX_SECONDS_CEILING:g} "
+                                         f"(a day), got {text}")
     return value
 
 
@@ -116,9 +127,9 @@ def _run_spectrograms(args) -> int:
         raise UserError(str(error)) from None
     print(f"data: {summary.format} ({summary.format_reason})")
     for warning in summary.warnings:
-        print(f"heartbeat: warning: {warning}", file=sys.stderr)
+        print(f"heartbeat: warning: {printable(warning)}", file=sys.stderr)
     for path, reason in summary.failed:
-        print(f"heartbeat: {path}: {reason}", file=sys.stderr)
+        print(f"heartbeat: {printable(str(path))}: {printable(reason)}", file=sys.stderr)
     print(summary.line())
     return EXIT_FAILED if summary.failed else 0
 
@@ -277,20 +288,20 @@ def _run_predict(args) -> int:
     except ModelError as error:
         raise UserError(str(error)) from None
     limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
-    file_width = max(len("file"), *(len(name) for name in args.files))
+    file_width = max(len("file"), *(len(printable(name)) for name in args.files))  # as table_row prints them
     failed = 0
     header_printed = False
     try:
         for result in predict_files(predictor, args.files, **limits):
             if isinstance(result, Failure):
                 failed += 1
-                print(f"heartbeat: {result.file}: {result.problem}", file=sys.stderr, flush=True)
+                _print_failure(result)
                 continue
             if args.json:
                 line = result.to_json()
             else:
                 if not header_printed:
-                    print(table_header(predictor.classes, file_width))
+                    _print_result(table_header(predictor.classes, file_width))
                     header_printed = True
                 line = table_row(result, file_width)
             _print_result(line)  # one line per file as it is done: a long list shows progress
@@ -299,14 +310,37 @@ def _run_predict(args) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def _print_failure(failure) -> None:
+    """A file that could not be used: one stderr line, its name's control characters escaped (heartbeat.text)."""
+    print(f"heartbeat: {printable(failure.file)}: {printable(failure.problem)}", file=sys.stderr, flush=True)
+
+
 def _print_result(line: str) -> None:
-    """Print a line and flush; a file name that is not valid UTF-8 is written as the bytes it was given as."""
+    """Print a line and flush; a file name that is not valid UTF-8 is written as the bytes it was given as.
+
+    Standard output that cannot be written is the command's failure, not the file's: a closed pipe
+    stops quietly (_StdoutClosed), a full disk or /dev/full is a UserError.
+    """
     try:
-        print(line, flush=True)
-    except UnicodeEncodeError:  # the name's undecodable bytes arrive as surrogate escapes (PEP 383)
-        sys.stdout.flush()  # what the text layer holds (the table's header) goes first
-        sys.stdout.buffer.write(line.encode(sys.stdout.encoding or "utf-8", "surrogateescape") + b"\n")
-        sys.stdout.buffer.flush()
+        try:
+            print(line, flush=True)
+        except UnicodeEncodeError:  # the name's undecodable bytes arrive as surrogate escapes (PEP 383)
+            sys.stdout.flush()  # what the text layer holds (the table's header) goes first
+            sys.stdout.buffer.write(line.encode(sys.stdout.encoding or "utf-8", "surrogateescape") + b"\n")
+            sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        raise _StdoutClosed from None
+    except OSError as error:
+        _discard_stdout()
+        raise UserError(f"standard output cannot be written ({error.strerror or error}); stopped") from None
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that what Python still buffers is not retried (a second error) at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _add_evaluate(commands) -> None:
@@ -343,17 +377,17 @@ def _run_evaluate(args) -> int:
     try:
         plan = prepare(model_dir, args.data, args.out, format=args.format, label_map=_label_map(args.label_map),
                        group_regex=args.group_regex, threads=args.threads, **limits)
-        print(f"data: {plan.layout.format} ({plan.layout.reason})", flush=True)
+        print(f"data: {plan.layout.format} ({printable(plan.layout.reason)})", flush=True)
         result = run(plan, progress=not args.quiet)
     except NothingEvaluated as error:  # every file failed: each gets its line, and nothing was written
         for failure in error.failures:
-            print(f"heartbeat: {failure.file}: {failure.problem}", file=sys.stderr)
-        print(f"heartbeat: {error}", file=sys.stderr)
+            _print_failure(failure)
+        print(f"heartbeat: {printable(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     except EvaluationError as error:
         raise UserError(str(error)) from None
     for failure in result.failures:
-        print(f"heartbeat: {failure.file}: {failure.problem}", file=sys.stderr)
+        _print_failure(failure)
     metrics, baseline = result.metrics, result.metrics["majority_baseline"]
     not_scored = sum(result.not_scored.values())
     print(f"{result.out_dir}: accuracy {metrics['accuracy']:.3f} (majority baseline, always {baseline['class']}: "
@@ -485,11 +519,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except UserError as error:
-        print(f"heartbeat: error: {error}", file=sys.stderr)
+        print(f"heartbeat: error: {printable(str(error))}", file=sys.stderr)  # names from files, escaped
+        return EXIT_USAGE
+    except _StdoutClosed:
+        return EXIT_BROKEN_PIPE
+    except FileNotFoundError:
+        if _working_folder_exists():
+            raise
+        print("heartbeat: error: the current folder no longer exists (deleted?), so relative paths cannot be "
+              "resolved; cd into an existing folder or give absolute paths", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("heartbeat: interrupted", file=sys.stderr)
         return 130
+
+
+def _working_folder_exists() -> bool:
+    """False when the current folder was deleted: os.getcwd() (and every relative path's resolution) fails."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

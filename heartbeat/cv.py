@@ -30,9 +30,10 @@ from heartbeat.device import resolve_device
 from heartbeat.fileio import (atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock,
                               remove_dead_leftovers)
 from heartbeat.metrics import classification_metrics, summarise_folds
-from heartbeat.report import heart_problem_sentence, plot_cv_folds, recording_groups_sentence
+from heartbeat.report import heart_problem_sentence, markdown_text, plot_cv_folds, recording_groups_sentence
 from heartbeat.runfolder import prepare_output_folder
 from heartbeat.spectrograms import MANIFEST_NAME
+from heartbeat.text import spreadsheet_frame
 from heartbeat.train import (TrainError, TrainSettings, feature_cache_dir, read_dataset, read_spectrograms, train,
                              uses_feature_cache)
 
@@ -151,9 +152,10 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
     columns = ["recording", "patient_id", "label", "fold", "seed", "predicted", "windows"]
     oof = pd.concat([result["oof"] for result in results], ignore_index=True)[
         columns + [f"prob_{name}" for name in classes] + ["classical_predicted"]]
-    atomic_write_text(work_dir / "oof.csv", oof.to_csv(index=False))
+    # Both are for people (a spreadsheet): text cells that would open as formulas are quoted (heartbeat.text).
+    atomic_write_text(work_dir / "oof.csv", spreadsheet_frame(oof).to_csv(index=False))
     per_fold = pd.DataFrame([result["row"] for result in results])
-    atomic_write_text(work_dir / "folds.csv", per_fold.to_csv(index=False))
+    atomic_write_text(work_dir / "folds.csv", spreadsheet_frame(per_fold).to_csv(index=False))
 
     summary = summarise(per_fold)
     majority = recordings["label"].value_counts().idxmax()
@@ -250,4 +252,4 @@ def _markdown(summary: dict, per_fold: pd.DataFrame, protocol: str, settings: di
               "![confusion matrix](confusion_matrix.png)", "",
               f"Settings that ran: {', '.join(f'{key}={value}' for key, value in settings.items())}.",
               "Each run's folder (runs/) holds its own report, split and model.", ""]
-    return "\n".join(lines)
+    return markdown_text(lines)

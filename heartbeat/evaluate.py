@@ -35,6 +35,7 @@ from heartbeat import audio, layouts
 from heartbeat.fileio import entry_kind, is_inside, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
+from heartbeat.text import printable, spreadsheet_cell
 
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -209,7 +210,7 @@ def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure
                                      normal_class=layouts.normal_class(classes))
     metrics["context"] = plain(evaluation_context(plan, predictions, failures, majority))
     matrix = metrics["confusion_matrix"]["matrix"]
-    title = f"{plan.data_dir} ({plan.layout.format}), model {plan.predictor.model_id}"
+    title = printable(f"{plan.data_dir} ({plan.layout.format}), model {plan.predictor.model_id}")  # drawn, not run: still legible
     files = {
         PREDICTIONS_FILE: predictions_csv(predictions, classes).encode("utf-8", "backslashreplace"),
         METRICS_FILE: json_bytes(metrics),
@@ -252,13 +253,16 @@ def evaluation_context(plan: EvaluationPlan, predictions: list, failures: list[F
 
 
 def predictions_csv(predictions: list, classes: list[str]) -> str:
-    """One row per scored recording; probabilities as repr (the shortest text that reads back as the same float)."""
+    """One row per scored recording; probabilities as repr (the shortest text that reads back as the same float).
+
+    For people: a name cell that a spreadsheet would open as a formula is quoted (heartbeat.text).
+    """
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow([*PREDICTION_COLUMNS, *(f"prob_{name}" for name in classes)])
     for recording, prediction in predictions:
-        writer.writerow([_text(recording.source), _text(recording.group), recording.label, prediction.label,
-                         prediction.windows,
+        names = [_text(recording.source), _text(recording.group), recording.label, prediction.label]
+        writer.writerow([*map(spreadsheet_cell, names), prediction.windows,
                          *(repr(prediction.probabilities[name]) for name in classes)])
     return text.getvalue()
 
@@ -285,7 +289,7 @@ def _text(value) -> str:
 
 def render_markdown(metrics: dict) -> str:
     """report.md: the model, the data, the counts, every figure beside the majority baseline, the confusion matrix."""
-    from heartbeat.report import format_number, markdown_table
+    from heartbeat.report import format_number, markdown_table, markdown_text
 
     context = metrics["context"]
     baseline = metrics["majority_baseline"]
@@ -339,7 +343,7 @@ def render_markdown(metrics: dict) -> str:
         ["true \\ predicted", *confusion["classes"]],
         [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
     ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]
-    return "\n".join(lines)
+    return markdown_text(lines)
 
 
 def _summary(metrics: dict) -> str:

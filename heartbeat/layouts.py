@@ -199,6 +199,11 @@ def label_problem(label: str) -> str | None:
     return None
 
 
+def first_label_problem(labels) -> str | None:
+    """label_problem of the first label that is not a usable class name, or None when all are (a model's classes)."""
+    return next(filter(None, map(label_problem, labels)), None)
+
+
 # ---------------------------------------------------------------- pascal-b
 
 def read_pascal_b(data_dir: str | os.PathLike) -> list[Recording]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heartbeat import nets
+from heartbeat import layouts, nets
 
 # Where pretrained weights come from: heartbeat.weights (named here too, as train and cli use them through this module).
 from heartbeat.weights import WeightsError, imagenet_weights_path, load_pretrained_state  # noqa: F401
@@ -176,10 +176,14 @@ def _build_saved(path: Path, info: dict) -> nn.Module:
 def _read_model_info(path: Path) -> dict:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # ValueError: not UTF-8 or not JSON
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not UTF-8 or not JSON; Recursion: too deep
         raise ModelError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("classes"), list) or len(info["classes"]) < 2:
-        raise ModelError(f"{path}: not a model description (no list of classes)")
+    classes = info.get("classes") if isinstance(info, dict) else None
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(name, str) for name in classes)):
+        raise ModelError(f"{path}: not a model description (no list of class names)")
+    problem = layouts.first_label_problem(classes)  # a model folder may be untrusted: the data labels' rule
+    if problem:
+        raise ModelError(f"{path}: {problem} (in classes)")
     return info
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from heartbeat import audio, metrics
+from heartbeat import audio, layouts, metrics
+from heartbeat.text import printable
 from heartbeat.workers import worker_count
 
 # The model folder's file names, as heartbeat.model writes them (that module imports torch,
@@ -42,6 +43,8 @@ OUTPUT_NAME = "probabilities"
 # Windows per network call: a long recording's windows are made and run in chunks, so memory
 # stays bounded (a 512-px window's activations are tens of MB); batching more gains little on a CPU.
 WINDOWS_PER_RUN = 4
+# How far a row of probabilities may sum from 1: float32 softmax rounding is about 1e-7 per class.
+PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
 class ModelError(RuntimeError):
@@ -90,18 +93,21 @@ class Predictor:
         """uint8 (S, S) model-input images -> (n_windows, n_classes) float32 probabilities.
 
         Runs the network on WINDOWS_PER_RUN images at a time, taking them from `images` as it
-        goes (a generator is never held whole). Raises ModelError if the network gives a
-        probability that is not finite: the model's weights are broken, and every answer would be.
+        goes (a generator is never held whole). Raises ModelError if the network fails or gives
+        no probabilities (probability_problem): the model is broken, and every answer would be.
         """
         outputs = [self._run(chunk) for chunk in _chunks(images, WINDOWS_PER_RUN)]
         return np.concatenate(outputs)
 
     def _run(self, images: list[np.ndarray]) -> np.ndarray:
         batch = np.stack(images)[:, None].astype(np.float32) / np.float32(255.0)  # as training's ToTensor
-        probabilities = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-        if not np.isfinite(probabilities).all():
-            raise ModelError(f"{self.run_dir}: the network gives non-finite probabilities (NaN or infinity): "
-                             f"its weights are broken")
+        try:
+            probabilities = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        except Exception as error:  # onnxruntime's own types: a graph whose shapes or operators do not fit
+            raise ModelError(f"{self.run_dir}: the network fails on its input ({_first_line(error)})") from None
+        problem = probability_problem(probabilities, len(images), len(self.classes))
+        if problem:
+            raise ModelError(f"{self.run_dir}: the network gives {problem}: the model is broken")
         return probabilities
 
     def predict_signal(self, signal: np.ndarray) -> tuple[np.ndarray, int]:
@@ -153,6 +159,30 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], *,
             yield Failure(os.fsdecode(path), str(error))
 
 
+def probability_problem(probabilities: np.ndarray, n_rows: int, n_classes: int) -> str | None:
+    """Why a network's output is not one probability distribution per window, or None if it is.
+
+    The ONNX file is untrusted: a graph without its softmax, or with broken weights, runs and
+    gives numbers that an argmax would still turn into labels.
+    """
+    if probabilities.shape != (n_rows, n_classes):
+        return f"an output of shape {probabilities.shape} for {n_rows} windows of {n_classes} classes"
+    if not np.isfinite(probabilities).all():
+        return "non-finite probabilities (NaN or infinity)"
+    if probabilities.min() < 0 or probabilities.max() > 1:
+        return f"probabilities outside [0, 1] (from {probabilities.min():.4g} to {probabilities.max():.4g})"
+    worst = float(np.abs(probabilities.sum(axis=1, dtype=np.float64) - 1).max())
+    if worst > PROBABILITY_SUM_TOLERANCE:
+        return f"probabilities that do not sum to 1 (off by up to {worst:.4g})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message's first line (onnxruntime's run up to dozens), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of `size` items (the last may be shorter), taken lazily."""
     iterator = iter(items)
@@ -194,7 +224,7 @@ def _read_model_info(run_dir: Path) -> dict:
         raise ModelError(f"{run_dir}: incomplete model folder: {MODEL_FILE} is missing")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deep
         raise ModelError(f"{path}: not readable as JSON ({error})") from None
     if not isinstance(info, dict):
         raise ModelError(f"{path}: expected a JSON object")
@@ -204,7 +234,8 @@ def _read_model_info(run_dir: Path) -> dict:
     classes = info["classes"]
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)
             and len(set(classes)) == len(classes)):
-        raise ModelError(f"{path}: classes must be a list of two or more distinct names, got {classes!r}")
+        raise ModelError(f"{path}: classes must be a list of two or more distinct names, got {classes!r:.200}")
+    check_class_names(path, classes)
     if not (isinstance(info["image_size"], int) and info["image_size"] > 0):
         raise ModelError(f"{path}: image_size must be a positive integer, got {info['image_size']!r}")
     if not isinstance(info.get("input_band_norm", False), bool):
@@ -212,6 +243,16 @@ def _read_model_info(run_dir: Path) -> dict:
     if not isinstance(info["audio_settings"], dict):
         raise ModelError(f"{path}: audio_settings must be an object, got {info['audio_settings']!r}")
     return info
+
+
+def check_class_names(path: Path, classes: list[str]) -> None:
+    """ModelError naming model.json unless every class is a usable class name, by the rule data labels follow.
+
+    A model folder may be untrusted: its class names are printed, and become csv columns and report cells.
+    """
+    problem = layouts.first_label_problem(classes)
+    if problem:
+        raise ModelError(f"{path}: {problem} (in classes)")
 
 
 def _open_session(onnx_path: Path, threads: int | None):
@@ -229,12 +270,13 @@ def _open_session(onnx_path: Path, threads: int | None):
     # lifted the peak RSS of any recording of 8+ windows by about 90 MB (10 minutes at 512 px:
     # 386 -> 305 MiB, same speed; one 5 s window: +15 MiB). The arena still reuses buffers.
     options.enable_mem_pattern = False
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    # Fatal only: ORT's warnings are not the user's business, and an error it logs (in terminal colours) is
+    # also raised, and becomes our one line (ModelError); its log line would be a second.
+    options.log_severity_level = 4
     try:
         return onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"{onnx_path}: not a usable ONNX model ({reason})") from None
+        raise ModelError(f"{onnx_path}: not a usable ONNX model ({_first_line(error)})") from None
 
 
 def _check_contract(session, onnx_path: Path, info: dict) -> None:
@@ -254,6 +296,9 @@ def _check_contract(session, onnx_path: Path, info: dict) -> None:
 
 # ---------------------------------------------------------------- output
 
+# The table is for a terminal: a file name's control characters are shown escaped (heartbeat.text);
+# class names are usable class names (check_class_names), printable by that rule.
+
 def table_header(classes: list[str], file_width: int) -> str:
     columns = "".join(f"{name:>{_probability_width(name)}}" for name in classes)
     return f"{'file':<{file_width}}  {'predicted':<{_label_width(classes)}}{columns}  windows"
@@ -262,7 +307,7 @@ def table_header(classes: list[str], file_width: int) -> str:
 def table_row(prediction: Prediction, file_width: int) -> str:
     classes = list(prediction.probabilities)
     columns = "".join(f"{p:>{_probability_width(name)}.4f}" for name, p in prediction.probabilities.items())
-    return f"{prediction.file:<{file_width}}  {prediction.label:<{_label_width(classes)}}{columns}  {prediction.windows:>7}"
+    return f"{printable(prediction.file):<{file_width}}  {prediction.label:<{_label_width(classes)}}{columns}  {prediction.windows:>7}"
 
 
 def _probability_width(name: str) -> int:

@@ -39,6 +39,7 @@ from heartbeat import layouts
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
 from heartbeat.metrics import classification_metrics
 from heartbeat.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
+from heartbeat.text import from_spreadsheet_cell, printable
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -540,8 +541,9 @@ def _read_table(folder: Path, name: str, **options) -> pd.DataFrame:
 def _read_predictions(folder: Path, classes: list[str]) -> pd.DataFrame:
     """predictions.csv: one row per validation recording, labels and predictions among the run's classes."""
     path = folder / PREDICTIONS_FILE
-    # Every cell as text, empty cells as "": a label is a name, never NaN or a number.
-    predictions = _read_table(folder, PREDICTIONS_FILE, dtype=str, keep_default_na=False)
+    # Every cell as text, empty cells as "": a label is a name, never NaN or a number. The run wrote its text
+    # cells spreadsheet-safe (heartbeat.text); the names are read back as they were.
+    predictions = _read_table(folder, PREDICTIONS_FILE, dtype=str, keep_default_na=False).map(from_spreadsheet_cell)
     try:
         _check_predictions(predictions)
     except ValueError as error:
@@ -674,7 +676,7 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
 
-    return "\n".join(lines)
+    return markdown_text(lines)
 
 
 def _summary_paragraph(metrics: dict, context: dict, n_valid_patients) -> str:
@@ -792,6 +794,12 @@ def _fmt_setting(value) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4g}"
     return str(value)
+
+
+def markdown_text(lines: list[str]) -> str:
+    """report.md's text from its lines, each with its control characters escaped (heartbeat.text): a title or
+    a cell holds file and folder names, and a newline or ESC in one must not break the page or a terminal."""
+    return "\n".join(printable(line) for line in lines)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -47,6 +47,7 @@ from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, 
                               exclusive_lock, remove_dead_leftovers)
 from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
 from heartbeat.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
+from heartbeat.text import spreadsheet_frame
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
@@ -617,7 +618,8 @@ def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan:
     atomic_write_text(work_dir / runfolder.LR_FIND_CSV, fitted.lr_curve.to_csv(index=False))
     valid_windows = study.windows[study.windows["is_valid"]].reset_index(drop=True)
     predictions = recording_predictions(valid_windows, fitted.window_probs, study.classes)
-    atomic_write_text(work_dir / runfolder.PREDICTIONS_FILE, predictions.to_csv(index=False))
+    # For people (a spreadsheet) and for `heartbeat report`, which reads the quoted text cells back (heartbeat.text).
+    atomic_write_text(work_dir / runfolder.PREDICTIONS_FILE, spreadsheet_frame(predictions).to_csv(index=False))
     save_network(work_dir, run_name, fitted.network.to(devices.cpu()), study.classes, plan, sources.body_digest)
     ran = plan.settings_that_ran(lr=fitted.lr, lr_suggestion=fitted.lr_suggestion)
     atomic_write_json(work_dir / runfolder.CONFIG_FILE, {

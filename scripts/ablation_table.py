@@ -19,14 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from heartbeat.text import from_spreadsheet_cell
+
 FIGURES = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"), ("youden", "heart-problem Youden"))
 
 
 def read_cv(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     summary = json.loads((folder / "summary.json").read_text())
     folds = pd.read_csv(folder / "folds.csv")
-    oof = pd.read_csv(folder / "oof.csv", dtype={"label": str, "predicted": str, "classical_predicted": str})
-    return summary, folds, oof
+    names = ("label", "predicted", "classical_predicted")  # written spreadsheet-safe: read back as they were
+    oof = pd.read_csv(folder / "oof.csv", dtype=dict.fromkeys(names, str))
+    return summary, folds, oof.assign(**{name: oof[name].map(from_spreadsheet_cell) for name in names})
 
 
 def per_run_recall(oof: pd.DataFrame, classes: list[str], column: str) -> dict[str, np.ndarray]:

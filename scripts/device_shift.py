@@ -73,6 +73,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write every run's figures to this csv")
     args = parser.parse_args()
     from heartbeat import audio, metrics, predict
+    from heartbeat.text import from_spreadsheet_cell
 
     folders = dict(item.split("=", 1) for item in args.folders)
     runs_of = {name: fold_runs(Path(folder)) for name, folder in folders.items()}
@@ -95,7 +96,9 @@ def main() -> int:
                 probabilities = np.array([metrics.combine_windows(predictor.window_probabilities(
                     predictor.model_input(image) for image in images[name])) for name in names])
                 if shift == "clean":  # predict's path must give the CV's own probabilities
-                    saved = pd.read_csv(run / "predictions.csv").set_index("recording").loc[names]
+                    saved = pd.read_csv(run / "predictions.csv")  # its names written spreadsheet-safe: read back
+                    saved = saved.assign(recording=saved["recording"].map(from_spreadsheet_cell))
+                    saved = saved.set_index("recording").loc[names]
                     expected = saved[[f"prob_{c}" for c in predictor.classes]].to_numpy()
                     assert np.abs(probabilities - expected).max() < 1e-4, f"{run}: predict differs from the CV"
                 predicted = [predictor.classes[i] for i in probabilities.argmax(axis=1)]

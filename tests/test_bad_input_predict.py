@@ -15,13 +15,15 @@ import math
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from badinput import assert_one_line_error, run_cli, snapshot
+from badinput import REPO, assert_one_line_error, run_cli, snapshot
 from conftest import clicks, sine, write_wav
 
 RATE = 4000
@@ -333,3 +335,206 @@ def test_a_planted_pickle_in_the_model_folder_never_runs(model, tmp_path):
     assert [line["file"] for line in json_lines(result.stdout)] == [str(wav)]
     assert not marker.exists()
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- untrusted model folders, built here
+
+TINY_SIZE = 8  # image_size of the tiny models: the graph ignores the image's content
+TINY_CLASSES = ["normal", "murmur", "extrastole"]
+GOOD_PROBABILITIES = [0.2, 0.3, 0.5]
+
+
+def _tiny_graph(nodes, initializers, n_classes: int):
+    """An ONNX model with predict's contract: "image" (batch, 1, S, S) -> "probabilities" (batch, n_classes)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, TINY_SIZE, TINY_SIZE])
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_classes])
+    graph = helper.make_graph(nodes, "tiny", [image], [output], initializer=initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def constant_output_model(values: list[float]):
+    """A graph whose output is `values` for every window: image -> flatten -> x 0 -> + values."""
+    from onnx import helper, numpy_helper
+
+    zeros = numpy_helper.from_array(np.zeros((TINY_SIZE * TINY_SIZE, len(values)), np.float32), "zeros")
+    bias = numpy_helper.from_array(np.asarray(values, np.float32), "values")
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "zeros"], ["nothing"]),
+             helper.make_node("Add", ["nothing", "values"], ["probabilities"])]
+    return _tiny_graph(nodes, [zeros, bias], len(values))
+
+
+def failing_model(n_classes: int):
+    """A valid graph that fails inside session.run: it reshapes each batch to 5 x 3 values, which no image has."""
+    from onnx import helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.asarray([5, 3], np.int64), "shape")
+    return _tiny_graph([helper.make_node("Reshape", ["image", "shape"], ["probabilities"])], [shape], n_classes)
+
+
+def tiny_model_folder(folder: Path, graph, classes=TINY_CLASSES, info_text: str | None = None) -> Path:
+    """A model folder: model.json (these classes, this code's audio settings) and the graph as model.onnx."""
+    import onnx
+
+    from heartbeat import audio
+
+    folder.mkdir()
+    onnx.save_model(graph, str(folder / "model.onnx"))
+    info = {"model_id": "tiny", "classes": classes, "image_size": TINY_SIZE, "audio_settings": audio.SETTINGS.to_dict()}
+    (folder / "model.json").write_text(json.dumps(info) if info_text is None else info_text)
+    return folder
+
+
+@pytest.fixture
+def two_wavs(tmp_path) -> list[Path]:
+    return [write_wav(tmp_path / f"rec{index}.wav", heart_sound(6.0), RATE) for index in range(2)]
+
+
+def test_a_tiny_model_with_true_probabilities_predicts(tmp_path, two_wavs):
+    """The control for the cases below: the tiny graph itself is a usable model."""
+    folder = tiny_model_folder(tmp_path / "tiny", constant_output_model(GOOD_PROBABILITIES))
+
+    result = predict(folder, *two_wavs)
+
+    assert result.returncode == 0, result.stderr
+    assert [line["label"] for line in json_lines(result.stdout)] == ["extrastole", "extrastole"]
+
+
+UNTRUSTED_CLASSES = [
+    ("escape", ["normal", "\x1b[2Jmurmur", "extrastole"]),
+    ("newline", ["normal", "mur\nmur", "extrastole"]),
+    ("equals", ["normal", "=HYPERLINK(x)", "extrastole"]),
+    ("slash", ["normal", "../murmur", "extrastole"]),
+    ("leading-dot", ["normal", ".murmur", "extrastole"]),
+]
+
+
+@pytest.mark.parametrize("name, classes", UNTRUSTED_CLASSES, ids=[case[0] for case in UNTRUSTED_CLASSES])
+def test_class_names_a_data_label_could_not_have_are_refused(tmp_path, two_wavs, name, classes):
+    folder = tiny_model_folder(tmp_path / name, constant_output_model(GOOD_PROBABILITIES), classes)
+
+    result = predict(folder, *two_wavs, flags=())
+
+    line = assert_one_line_error(result, str(folder / "model.json"), code=2)
+    assert "not a usable class name" in line and "\x1b" not in result.stderr, line
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("name, classes", UNTRUSTED_CLASSES, ids=[case[0] for case in UNTRUSTED_CLASSES])
+def test_the_torch_side_refuses_the_same_class_names(tmp_path, name, classes):
+    from heartbeat import model as torch_model
+
+    folder = tiny_model_folder(tmp_path / name, constant_output_model(GOOD_PROBABILITIES), classes)
+
+    with pytest.raises(torch_model.ModelError, match="not a usable class name"):
+        torch_model.load_model(folder)
+
+
+def test_a_deeply_nested_model_json_is_one_line(tmp_path, two_wavs):
+    from heartbeat import model as torch_model
+
+    depth = 100_000
+    folder = tiny_model_folder(tmp_path / "nested", constant_output_model(GOOD_PROBABILITIES),
+                               info_text="[" * depth + "]" * depth)
+
+    result = predict(folder, *two_wavs)
+
+    line = assert_one_line_error(result, str(folder / "model.json"), code=2)
+    assert "not readable as JSON" in line
+    with pytest.raises(torch_model.ModelError, match="cannot be read"):
+        torch_model.load_model(folder)
+
+
+NOT_PROBABILITIES = [
+    ("negative", [-0.5, 1.0, 0.5], "outside [0, 1]"),
+    ("above-one", [0.0, 1.5, -0.5], "outside [0, 1]"),
+    ("sum-1.5", [0.5, 0.5, 0.5], "do not sum to 1"),
+    ("sum-0.9", [0.3, 0.3, 0.3], "do not sum to 1"),
+]
+
+
+@pytest.mark.parametrize("name, values, problem", NOT_PROBABILITIES, ids=[case[0] for case in NOT_PROBABILITIES])
+def test_outputs_that_are_not_probabilities_are_one_line_naming_the_model(tmp_path, two_wavs, name, values, problem):
+    folder = tiny_model_folder(tmp_path / name, constant_output_model(values))
+
+    result = predict(folder, *two_wavs)
+
+    line = assert_one_line_error(result, str(folder), code=2)
+    assert problem in line, line
+    assert result.stdout == ""
+
+
+def test_a_model_that_fails_inside_the_run_is_one_line_naming_it(tmp_path, two_wavs):
+    folder = tiny_model_folder(tmp_path / "fails", failing_model(len(TINY_CLASSES)))
+
+    result = predict(folder, *two_wavs)
+
+    line = assert_one_line_error(result, str(folder), code=2)
+    assert "the network fails on its input" in line, line
+    assert result.stdout == ""
+
+
+# ---------------------------------------------------------------- terminal output
+
+def test_control_characters_in_file_names_are_escaped_in_the_table_and_the_messages(tmp_path):
+    folder = tiny_model_folder(tmp_path / "tiny", constant_output_model(GOOD_PROBABILITIES))
+    good = write_wav(tmp_path / "a\x1b[2Jcleared\nfake row.wav", heart_sound(6.0), RATE)
+    bad = tmp_path / "b\x1b]0;title\x07.wav"
+    bad.write_bytes(b"not audio")
+
+    result = predict(folder, good, bad, flags=())
+
+    assert result.returncode == 1, result.stderr
+    for output in (result.stdout, result.stderr):
+        assert "\x1b" not in output and "\x07" not in output
+    header, row = result.stdout.splitlines()  # the newline in the name made no second row
+    assert row.startswith(str(tmp_path / "a\\x1b[2Jcleared\\nfake row.wav") + "  extrastole")
+    assert len(header) == len(row)  # the columns line up with the escaped name
+    (error,) = result.error_lines()
+    assert error.startswith(f"heartbeat: {tmp_path}/b\\x1b]0;title\\x07.wav: not a readable audio file"), error
+
+
+# ---------------------------------------------------------------- standard output that cannot take the answers
+
+def _predict_into(stdout, model: Path, *files) -> subprocess.CompletedProcess:
+    """`python -m heartbeat predict` with its standard output on `stdout` (a file or a descriptor)."""
+    return subprocess.run([sys.executable, "-m", "heartbeat", "predict", "--model", str(model), *map(str, files)],
+                          stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_standard_output_on_a_full_device_is_one_line_and_exit_2(tmp_path, two_wavs):
+    folder = tiny_model_folder(tmp_path / "tiny", constant_output_model(GOOD_PROBABILITIES))
+
+    with open("/dev/full", "w") as full:
+        result = _predict_into(full, folder, *two_wavs)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "standard output cannot be written (No space left on device)" in lines[0], lines
+
+
+def test_a_closed_pipe_stops_quietly_as_unix_tools_do(tmp_path, two_wavs):
+    folder = tiny_model_folder(tmp_path / "tiny", constant_output_model(GOOD_PROBABILITIES))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line, as `| head -n0` or a closed `| head -n1`
+    try:
+        result = _predict_into(write_end, folder, *two_wavs)
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == 141, result.stderr  # 128 + SIGPIPE, as the shell reports for coreutils
+    assert result.stderr == ""
+
+
+# ---------------------------------------------------------------- flags
+
+def test_an_absurd_max_seconds_is_refused_at_parse_time(tmp_path, two_wavs):
+    result = run_cli("predict", "--model", tmp_path / "no-model", "--max-seconds", "1e308", *two_wavs)
+
+    line = assert_one_line_error(result, "--max-seconds", code=2)
+    assert "up to 86400" in line, line

@@ -12,11 +12,13 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from badinput import run_cli, snapshot
+from badinput import REPO, run_cli, snapshot
 from conftest import REAL_DATA, needs_real_data
 from heartbeat import cli, layouts
 from heartbeat.evaluate import OUTPUTS, EvaluationError, evaluate
@@ -390,3 +392,68 @@ def test_help_explains_every_flag(capsys):
                  "--threads", "--quiet"):
         assert flag in text
     assert all(name in text for name in layouts.FORMATS)
+
+
+# ---------------------------------------------------------------- names that would run: spreadsheet, terminal
+
+def test_names_a_spreadsheet_or_a_terminal_would_run_are_written_inert(trained_run, own_recordings, tmp_path, capsys):
+    data = tmp_path / "data \x1b[2J"
+    data.mkdir()
+    one_of = {recording.label: recording for recording in own_recordings}
+    rows = [("=SUM(1+1).wav", "normal", "=cmd|x"), ("-2.wav", "murmur", "@me"), ("+x.wav", "extrastole", "-3"),
+            ("'quoted.wav", "normal", "p1"), ("bad \x1b]0;title\x07.wav", "normal", "p2")]
+    for name, label, _ in rows[:-1]:
+        shutil.copy(one_of[label].path, data / name)
+    (data / rows[-1][0]).write_text("not audio")
+    with open(data / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("file", "label", "patient"), *rows])
+
+    code, out, err = cli_main(capsys, "--model", trained_run["run"], "--data", data, "--format", "csv",
+                              "--out", tmp_path / "out", "--quiet")
+
+    assert code == cli.EXIT_FAILED, err
+    written = read_rows(tmp_path / "out")
+    # A text cell starting with = + - @ (or ', so that the quote can be taken off again) gets a leading '.
+    assert [(row["recording"], row["group"]) for row in written] == [
+        ("'=SUM(1+1).wav", "'=cmd|x"), ("'-2.wav", "'@me"), ("'+x.wav", "'-3"), ("''quoted.wav", "p1")]
+    for row in written:  # numbers stay numbers
+        assert row["windows"].isdigit() and all(0 <= float(row[f"prob_{name}"]) <= 1 for name in model_classes(
+            trained_run["run"]))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "\x1b" not in report and "\x07" not in report
+    assert "data \\x1b[2J" in report.splitlines()[0]  # the title
+    assert "- bad \\x1b]0;title\\x07.wav: not a readable audio file" in report
+    assert "\x1b" not in out + err and "bad \\x1b]0;title\\x07.wav" in err
+    context = json.loads((tmp_path / "out" / "metrics.json").read_text())["context"]
+    assert context["data_dir"] == str(data)  # JSON stays exact
+
+
+def test_a_model_giving_no_probabilities_is_one_line_and_out_is_not_written(trained_run, tmp_path, capsys):
+    from test_bad_input_predict import constant_output_model, tiny_model_folder
+
+    model = tiny_model_folder(tmp_path / "tiny", constant_output_model([0.5, 0.5, 0.5]))
+    data = small_folders(trained_run, tmp_path / "data")
+
+    code, _, err = cli_main(capsys, "--model", model, "--data", data, "--out", tmp_path / "out", "--quiet")
+
+    assert code == cli.EXIT_USAGE
+    (line,) = [line for line in err.splitlines() if line.startswith("heartbeat:")]
+    assert line.startswith(f"heartbeat: error: {model}: the network gives probabilities that do not sum to 1"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_out_from_a_deleted_working_folder_is_one_line(trained_run, tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    data = small_folders(trained_run, tmp_path / "data")
+    # The shell enters the folder, deletes it, then runs heartbeat there: os.getcwd() fails in the command.
+    command = ["sh", "-c", 'rmdir "$PWD" && exec "$0" "$@"', sys.executable, "-m", "heartbeat", "evaluate",
+               "--model", str(trained_run["run"]), "--data", str(data), "--out", "relative-out", "--quiet"]
+
+    result = subprocess.run(command, cwd=gone, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert result.returncode == cli.EXIT_USAGE, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("heartbeat: error: the current folder no longer exists"), line
+    assert not gone.exists()

@@ -598,3 +598,58 @@ def test_no_module_of_the_package_sets_a_matplotlib_backend_or_uses_pyplot():
     offenders = [path.name for path in sorted(package.glob("*.py"))
                  if re.search(r"matplotlib\.use\(|import matplotlib\.pyplot|from matplotlib import pyplot", path.read_text())]
     assert offenders == []
+
+
+# ---------------------------------------------------------------- names that would run: terminal, spreadsheet
+
+def test_report_md_escapes_control_characters_in_its_title_and_tables(tmp_path, predictions, context):
+    context = {**context, "title": "run \x1b[2J\nfake heading", "settings": {"spectrograms": "data\x1b]0;t\x07"},
+               "notes": ["a note\rover"]}
+
+    write_report(tmp_path, predictions, CLASSES, majority_class="normal", context=context)
+
+    report = (tmp_path / "report.md").read_text()
+    assert not {"\x1b", "\x07", "\r"} & set(report)
+    assert report.splitlines()[0] == "# run \\x1b[2J\\nfake heading"
+    assert _table_row(report, "spectrograms") == ["data\\x1b]0;t\\x07"]
+    assert "- a note\\rover" in report.splitlines()
+    assert json.loads((tmp_path / "metrics.json").read_text())["context"]["title"] == context["title"]  # exact
+
+
+def test_the_report_command_reads_spreadsheet_safe_names_back(tmp_path, context, capsys):
+    from heartbeat.text import spreadsheet_frame
+
+    classes = ["+plus", "-minus", "@at"]  # usable class names that a spreadsheet would open as formulas
+    labels = ["+plus"] * 3 + ["-minus"] * 3 + ["@at"] * 2
+    frame = pd.DataFrame({"recording": [f"=rec{i}.wav" for i in range(len(labels))],
+                          "patient_id": [f"-{i}" for i in range(len(labels))],
+                          "label": labels, "predicted": labels[1:] + labels[:1]})
+    for name in classes:
+        frame[f"prob_{name}"] = np.where(frame["predicted"] == name, 0.8, 0.1)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    write_report(folder, frame, classes, majority_class="+plus", context=context)
+    saved = json.loads((folder / "metrics.json").read_text())
+    (folder / "config.json").write_text(json.dumps({"classes": classes, "majority_class": "+plus"}))
+    (folder / "predictions.csv").write_text(spreadsheet_frame(frame).to_csv(index=False))  # as train writes it
+    written = pd.read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
+    assert written["label"].str.startswith("'").all() and written["recording"].str.startswith("'=").all()
+
+    result = _report(capsys, folder)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads((folder / "metrics.json").read_text()) == saved
+
+
+def test_spreadsheet_cells_round_trip_and_numbers_are_left_alone():
+    from heartbeat.text import from_spreadsheet_cell, spreadsheet_cell, spreadsheet_frame
+
+    for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'x", "''", "plain", "", "a=b", "1-2"):
+        cell = spreadsheet_cell(text)
+        assert from_spreadsheet_cell(cell) == text
+        assert cell.startswith("'") == (text[:1] in ("=", "+", "-", "@", "\t", "\r", "'"))
+    frame = pd.DataFrame({"name": ["-x", "y"], "delta": [-0.5, 0.25], "count": [-3, 4]})
+    safe = spreadsheet_frame(frame)
+    assert safe["name"].tolist() == ["'-x", "y"]
+    assert safe["delta"].tolist() == [-0.5, 0.25] and safe["count"].tolist() == [-3, 4]
+    assert safe.to_csv(index=False).splitlines()[1] == "'-x,-0.5,-3"
