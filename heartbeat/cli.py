@@ -408,6 +408,17 @@ def _cv_headline(summary: dict, out_dir) -> str:
 
 
 SYNTH_FORMATS = FORMATS  # synth writes every layout heartbeat.layouts reads
+# synth writes a demo or test folder (24 patients by default, about 3 MB); 1,000 patients are about 140 MB of WAV and
+# minutes of work, and 10**8 would fill the disk for hours: refused at parse time rather than left to run.
+MAX_SYNTH_PATIENTS = 1000
+
+
+def _synth_patients(text: str) -> int:
+    try:
+        return settings_module.whole_number(text, 1, MAX_SYNTH_PATIENTS)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (synth makes demo and test folders: more than {MAX_SYNTH_PATIENTS} "
+                                         "patients would take hours and gigabytes)") from None
 
 
 def _add_synth(commands) -> None:
@@ -423,7 +434,8 @@ def _add_synth(commands) -> None:
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--format", choices=SYNTH_FORMATS, default="pascal-b",
                         help="the layout to write (default: %(default)s, Dataset B)")
-    parser.add_argument("--patients", type=_positive_int, default=24, help="number of patients (default: %(default)s)")
+    parser.add_argument("--patients", type=_synth_patients, default=24,
+                        help=f"number of patients, 1 to {MAX_SYNTH_PATIENTS} (default: %(default)s)")
     parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default: %(default)s)")
     parser.set_defaults(run=_run_synth)
 
