@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -459,6 +460,39 @@ def _run_synth(args) -> int:
     return 0
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is: it unwinds as Ctrl-C's KeyboardInterrupt does, so every
+    `finally` and atomic writer removes its temporary (the signals' default action would leave them behind)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum, frame):
+    for other in STOP_SIGNALS:  # a second signal would interrupt the clean-up itself; SIGKILL still stops it
+        signal.signal(other, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals():
+    """SIGTERM and SIGHUP stop the command as Ctrl-C does while it runs (forked workers inherit this and clean up
+    their own temporaries); the previous handlers come back after (main may be called from a longer-lived program)."""
+    try:
+        previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals are not this call's to handle
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors: the problem and where to look, without the usage block."""
 
@@ -491,13 +525,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with _stopping_on_signals():
+            return args.run(args)
     except UserError as error:
         print(f"heartbeat: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("heartbeat: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or Stopped: the temporaries are gone by now
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"heartbeat: {name}", file=sys.stderr)
+        return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
 if __name__ == "__main__":
