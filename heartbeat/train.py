@@ -154,16 +154,15 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     dataset = read_dataset(spectrograms_dir)
     if plan.mode == "features":
         feature_cache_dir(spectrograms_dir)
-    runs_dir, run_dir = runfolder.run_location(run_dir, runs_dir, settings.name or settings.split)
-    sources = read_sources(spectrograms_dir, settings, progress)
-
-    with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
-        study = split_windows(windows, settings, split_table, work_dir, dataset)
-        fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
-        result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
-                           seconds=time.time() - started)
-    if runs_dir is not None:
-        runfolder.point_latest(runs_dir, run_dir)
+    with runfolder.run_location(run_dir, runs_dir, settings.name or settings.split) as (runs_dir, run_dir):
+        sources = read_sources(spectrograms_dir, settings, progress)
+        with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
+            study = split_windows(windows, settings, split_table, work_dir, dataset)
+            fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
+            result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
+                               seconds=time.time() - started)
+        if runs_dir is not None:
+            runfolder.point_latest(runs_dir, run_dir)  # as each run finishes: `latest` is the last to finish
     return dataclasses.replace(result, run_dir=run_dir)
 
 
