@@ -368,6 +368,21 @@ def test_a_stopped_command_exits_128_plus_the_signal_and_leaves_no_temporary(cas
         assert list(out.iterdir()) == []  # neither the run (or CV folder) nor its temporary folder
 
 
+def test_progress_in_a_log_is_one_line_per_epoch_without_carriage_returns(trained_run, tmp_path):
+    log = tmp_path / "log"
+    with open(log, "w") as stdout:  # a file, not a terminal: as `make demo > log`
+        process = subprocess.run([sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(trained_run["spectrograms"]),
+                                  "--out", str(tmp_path / "run"), "--no-pretrained", "--image-size", "32", "--epochs", "2"],
+                                 env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=stdout, stderr=subprocess.PIPE,
+                                 text=True, timeout=280)
+    assert process.returncode == 0, process.stderr
+    text = log.read_text()
+    assert "\r" not in text and "\r" not in process.stderr
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[:2] for line in epochs] == [["epoch", "0"], ["epoch", "1"]], text
+    assert all("train_loss" in line and "valid_loss" in line and "error_rate" in line for line in epochs)
+
+
 # ---------------------------------------------------------------- finetune, unfreeze, the majority baseline
 
 @pytest.fixture(scope="module")
