@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -446,6 +447,17 @@ def _cv_headline(summary: dict, out_dir) -> str:
 
 
 SYNTH_FORMATS = FORMATS  # synth writes every layout heartbeat.layouts reads
+# synth writes a demo or test folder (24 patients by default, about 3 MB); 1,000 patients are about 140 MB of WAV and
+# minutes of work, and 10**8 would fill the disk for hours: refused at parse time rather than left to run.
+MAX_SYNTH_PATIENTS = 1000
+
+
+def _synth_patients(text: str) -> int:
+    try:
+        return settings_module.whole_number(text, 1, MAX_SYNTH_PATIENTS)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (synth makes demo and test folders: more than {MAX_SYNTH_PATIENTS} "
+                                         "patients would take hours and gigabytes)") from None
 
 
 def _add_synth(commands) -> None:
@@ -461,7 +473,8 @@ def _add_synth(commands) -> None:
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--format", choices=SYNTH_FORMATS, default="pascal-b",
                         help="the layout to write (default: %(default)s, Dataset B)")
-    parser.add_argument("--patients", type=_positive_int, default=24, help="number of patients (default: %(default)s)")
+    parser.add_argument("--patients", type=_synth_patients, default=24,
+                        help=f"number of patients, 1 to {MAX_SYNTH_PATIENTS} (default: %(default)s)")
     parser.add_argument("--seed", type=_seed, default=0, help=f"random seed, 0 to {MAX_SEED} (default: %(default)s)")
     parser.set_defaults(run=_run_synth)
 
@@ -483,6 +496,39 @@ def _run_synth(args) -> int:
         recordings = sum(1 for _ in Path(root).rglob("*.wav"))
         print(f"synth: {recordings} recordings from {args.patients} patients in the {args.format} layout -> {root}")
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is: it unwinds as Ctrl-C's KeyboardInterrupt does, so every
+    `finally` and atomic writer removes its temporary (the signals' default action would leave them behind)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum, frame):
+    for other in STOP_SIGNALS:  # a second signal would interrupt the clean-up itself; SIGKILL still stops it
+        signal.signal(other, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals():
+    """SIGTERM and SIGHUP stop the command as Ctrl-C does while it runs (forked workers inherit this and clean up
+    their own temporaries); the previous handlers come back after (main may be called from a longer-lived program)."""
+    try:
+        previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals are not this call's to handle
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -517,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with _stopping_on_signals():
+            return args.run(args)
     except UserError as error:
         print(f"heartbeat: error: {printable(str(error))}", file=sys.stderr)  # names from files, escaped
         return EXIT_USAGE
@@ -529,9 +576,11 @@ def main(argv: list[str] | None = None) -> int:
         print("heartbeat: error: the current folder no longer exists (deleted?), so relative paths cannot be "
               "resolved; cd into an existing folder or give absolute paths", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("heartbeat: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or Stopped: the temporaries are gone by now
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        name = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"heartbeat: {name}", file=sys.stderr)
+        return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
 
 def _working_folder_exists() -> bool:

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from heartbeat import audio, augment, nets
+from heartbeat.progress import show_training
 from heartbeat.settings import TrainError
 
 # The parts of the recipe that can be switched on and off one at a time (the ablation's rows).
@@ -323,9 +324,7 @@ def fit_heartbeat(windows: pd.DataFrame, classes: list[str], spectrograms_dir: P
     loss_func = LabelSmoothingCrossEntropyFlat(eps=recipe.label_smoothing) if recipe.label_smoothing else \
         CrossEntropyLossFlat()
     learn = Learner(dls, network, loss_func=loss_func, metrics=error_rate, wd=recipe.weight_decay, cbs=callbacks)
-    if not progress:
-        learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
-        learn.logger = lambda *args, **kwargs: None
+    show_training(learn, progress)
     set_seed(seed, reproducible=True)
     learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=TerminateOnNaNCallback())  # stops at the first non-finite loss
     check_finite(learn, recipe)

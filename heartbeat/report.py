@@ -301,11 +301,12 @@ def prediction_grid_figure(tiles: list[tuple], title: str, *, empty_text: str) -
     # a 2.5-inch image per tile plus room for its title's lines, so a title never runs into the row above
     figure = Figure(figsize=(2.6 * columns, (2.5 + 0.2 * title_lines) * rows + 0.5), dpi=100)
     FigureCanvasAgg(figure)
-    figure.suptitle(title)
+    heading = figure.suptitle(title)
     if not tiles:
         axes = figure.add_subplot()
         axes.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=12, transform=axes.transAxes)
         axes.set_axis_off()
+        _widen_to(figure, heading)
         return figure
     for index, (pixels, tile_title, right, _loss) in enumerate(tiles):
         axes = figure.add_subplot(rows, columns, index + 1)
@@ -316,7 +317,16 @@ def prediction_grid_figure(tiles: list[tuple], title: str, *, empty_text: str) -
         axes.set_title(tile_title, fontsize=9, color="tab:green" if right else "tab:red")
         axes.set_axis_off()
     figure.tight_layout()
+    _widen_to(figure, heading)
     return figure
+
+
+def _widen_to(figure: Figure, heading) -> None:
+    """Widen the figure until its title fits: one 2.6-inch tile is narrower than "Most confidently wrong recordings"."""
+    needed = heading.get_window_extent(figure.canvas.get_renderer()).width / figure.dpi + 0.3  # a margin each side
+    if needed > figure.get_figwidth():
+        figure.set_figwidth(needed)
+        figure.tight_layout()
 
 
 def _first_windows(manifest_rows: list[dict]) -> dict[str, str]:

@@ -8,13 +8,17 @@ of the names they read (they must not import training's dependencies); tests che
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from heartbeat import config
 from heartbeat.fileio import remove_dead_leftovers
@@ -34,25 +38,28 @@ LATEST = "latest"  # the symbolic link in the runs folder to the newest run
 STALE_LINK_SECONDS = 60
 
 
-def run_location(run_dir, runs_dir, label: str) -> tuple[Path | None, Path]:
+@contextlib.contextmanager
+def run_location(run_dir, runs_dir, label: str) -> Iterator[tuple[Path | None, Path]]:
     """(folder whose `latest` pointer to update, or None for an explicit run_dir; the run folder to create).
 
     Creates and checks the folder the run goes in, and removes what killed runs left there
     (only their hidden temporary folders, and only once their writer is dead). `label` ends
-    the name of a new folder in runs_dir.
+    the name of a new folder in runs_dir; that name stays this run's until the block ends.
     """
     if run_dir is not None:
         run_dir = Path(run_dir)
         check_new_run(run_dir)
         prepare_output_folder(run_dir.parent, run_dir)
         remove_dead_leftovers(run_dir.parent, prefix=f".{run_dir.name}.")
-        return None, run_dir
+        yield None, run_dir
+        return
     runs_dir = Path(runs_dir) if runs_dir is not None else config.RUNS_DIR
     prepare_output_folder(runs_dir, runs_dir)
     check_latest(runs_dir)
     remove_dead_leftovers(runs_dir)
     remove_stale_latest_links(runs_dir)
-    return runs_dir, runs_dir / _new_run_name(runs_dir, label)
+    with _claimed_run_name(runs_dir, label) as name:
+        yield runs_dir, runs_dir / name
 
 
 def check_new_run(run_dir: Path) -> None:
@@ -61,14 +68,53 @@ def check_new_run(run_dir: Path) -> None:
         raise TrainError(f"{run_dir}: already exists (runs are never overwritten; choose another --out)")
 
 
-def _new_run_name(runs_dir: Path, label: str) -> str:
-    """<time>-<label>, with -2, -3 ... for two runs in the same second."""
+@contextlib.contextmanager
+def _claimed_run_name(runs_dir: Path, label: str) -> Iterator[str]:
+    """<time>-<label>, with -2, -3 ... when taken, claimed for this run until the block ends.
+
+    Seeds started in parallel start in the same second, and a run's folder appears only when it
+    is complete: a name is therefore taken by a finished run folder or by a running run's claim,
+    the hidden file `.<name>.tmp`. The claim is made atomically (os.link fails if the name exists) and
+    held locked, so that after a SIGKILL the next run's remove_dead_leftovers removes it.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name, suffix = f"{stamp}-{label}", 1
-    while os.path.lexists(runs_dir / name):
-        suffix += 1
-        name = f"{stamp}-{label}-{suffix}"
-    return name
+    suffix = 1
+    while True:
+        name = f"{stamp}-{label}" if suffix == 1 else f"{stamp}-{label}-{suffix}"
+        claim = _claim(runs_dir, name)
+        if claim is None:
+            suffix += 1
+        elif os.path.lexists(runs_dir / name):  # a run finished under this name before the claim was made
+            _release(runs_dir, name, claim)
+            suffix += 1
+        else:
+            break
+    try:
+        yield name
+    finally:
+        _release(runs_dir, name, claim)
+
+
+def _claim(runs_dir: Path, name: str) -> int | None:
+    """The locked descriptor of the new claim `.<name>.tmp`, or None if another run holds that name."""
+    while True:
+        fd, draft = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=runs_dir)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # before the link: a claim is never seen unlocked
+            os.link(draft, runs_dir / f".{name}.tmp")
+            return fd
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except (BlockingIOError, FileNotFoundError):  # another run's clean-up took the draft first: draw again
+            os.close(fd)
+        finally:
+            Path(draft).unlink(missing_ok=True)
+
+
+def _release(runs_dir: Path, name: str, fd: int) -> None:
+    (runs_dir / f".{name}.tmp").unlink(missing_ok=True)
+    os.close(fd)
 
 
 def prepare_output_folder(folder: Path, target: Path) -> None:

@@ -45,6 +45,7 @@ from heartbeat import audio, layouts, metrics, model, report, runfolder, split
 from heartbeat import device as devices
 from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, atomic_write_text, entry_kind,
                               exclusive_lock, remove_dead_leftovers)
+from heartbeat.progress import on_terminal, show_training
 from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
 from heartbeat.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 from heartbeat.text import spreadsheet_frame
@@ -155,18 +156,17 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     dataset = read_dataset(spectrograms_dir)
     if plan.mode == "features":
         feature_cache_dir(spectrograms_dir)
-    runs_dir, run_dir = runfolder.run_location(run_dir, runs_dir, settings.name or settings.split)
-    with exclusive_lock(run_dir):  # FolderBusy while another command writes this run
+    with (runfolder.run_location(run_dir, runs_dir, settings.name or settings.split) as (runs_dir, run_dir),
+          exclusive_lock(run_dir)):  # FolderBusy while another command writes this run
         runfolder.check_new_run(run_dir)  # again, under the lock: another command may have published it meanwhile
         sources = read_sources(spectrograms_dir, settings, progress)
-
         with atomic_directory(run_dir) as work_dir:  # the run folder appears complete, or not at all
             study = split_windows(windows, settings, split_table, work_dir, dataset)
             fitted = fit(study, plan, sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR, progress=progress)
             result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
                                seconds=time.time() - started)
         if runs_dir is not None:
-            runfolder.point_latest(runs_dir, run_dir)
+            runfolder.point_latest(runs_dir, run_dir)  # as each run finishes: `latest` is the last to finish
     return dataclasses.replace(result, run_dir=run_dir)
 
 
@@ -406,7 +406,8 @@ def _run_body(network, spectrograms_dir: Path, images: list[str], plan: Plan, pr
                 else contextlib.nullcontext())
     outputs = []
     band_norm = plan.settings.input_band_norm()
-    bar = tqdm(total=len(images), desc="body features", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(images), desc="body features", unit="img", disable=not (progress and on_terminal(sys.stderr)),
+               file=sys.stderr)  # in a log its carriage-return frames are noise
     with torch.inference_mode(), autocast:
         for start in range(0, len(images), FEATURES_BATCH):
             grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size, band_norm)
@@ -483,8 +484,8 @@ def fit(study: Study, plan: Plan, sources: Sources, *, scratch_dir: Path, progre
     if plan.mode == "features":  # the head alone, on the body's outputs computed once
         trainer = head_learner(learn, study, plan, sources, loss_func=loss_func, class_weights=class_weights,
                                progress=progress)
-    if not progress:
-        quiet(trainer, learn)
+    for learner in {id(trainer): trainer, id(learn): learn}.values():  # the same Learner twice outside features mode
+        show_training(learner, progress)
     if settings.lr is None:
         lr_curve, lr_suggestion = find_lr(trainer)
     else:  # a rate is given: the finder's 100 mock training steps would choose nothing
@@ -545,13 +546,6 @@ def head_learner(learn, study: Study, plan: Plan, sources: Sources, *, loss_func
     head_dls = feature_dataloaders(features, targets, is_valid, settings.batch_size, sample_weights)
     return Learner(head_dls.to(plan.device), learn.model[1][2:], loss_func=loss_func, metrics=error_rate,
                    path=learn.path)
-
-
-def quiet(*learners) -> None:
-    """No bars and no epoch table (without its ProgressCallback, fastai prints each epoch)."""
-    for learner in learners:  # the same Learner twice outside features mode: harmless
-        learner.remove_cbs([cb for cb in learner.cbs if type(cb).__name__ == "ProgressCallback"])
-        learner.logger = lambda *args, **kwargs: None
 
 
 def find_lr(learner) -> tuple[pd.DataFrame, float | None]:

@@ -33,6 +33,7 @@ import torch
 
 from heartbeat.device import cpu
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
+from heartbeat.progress import on_terminal
 
 # No network must fail within about 10 s, never hang: the limit for getting an answer, and for
 # each silence while the file arrives (a stalled download fails instead of waiting forever).
@@ -162,7 +163,7 @@ def _copy_hashing(response, target: Path, size: int | None, label: str, progress
     digest = hashlib.sha256()
     received = 0
     with open(target, "wb") as out, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                                         desc=label, disable=not progress, leave=False) as bar:
+                                         desc=label, disable=not (progress and on_terminal(sys.stderr)), leave=False) as bar:
         while chunk := response.read(CHUNK_BYTES):
             received += len(chunk)
             if received > MAX_WEIGHTS_BYTES:

@@ -310,6 +310,34 @@ def test_batch_larger_than_the_training_side_is_one_line(spectrograms, standin_w
     assert [path.name for path in runs.iterdir()] == []
 
 
+# ---------------------------------------------------------------- runs started together
+
+def test_runs_started_in_the_same_second_both_survive_and_latest_is_the_last_to_finish(spectrograms, standin_weights,
+                                                                                       tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    real_strftime, real_fit = time.strftime, train.fit
+    monkeypatch.setattr(time, "strftime", lambda form, *rest: "20250101-120000" if form == "%Y%m%d-%H%M%S"
+                        else real_strftime(form, *rest))  # every run starts in the same second
+    meanwhile = []
+
+    def fit_while_another_run_starts_and_finishes(*args, **kwargs):
+        if not meanwhile:  # the first run is training: a second one starts, and finishes first
+            meanwhile.append(None)
+            meanwhile[0] = train.train(spectrograms, runs_dir=runs, settings=tiny_settings(standin_weights),
+                                       progress=False).run_dir
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit_while_another_run_starts_and_finishes)
+    first = train.train(spectrograms, runs_dir=runs, settings=tiny_settings(standin_weights), progress=False).run_dir
+    second = meanwhile[0]
+
+    assert (first.name, second.name) == ("20250101-120000-patient", "20250101-120000-patient-2")
+    for run in (first, second):
+        assert (run / "model.json").is_file() and (run / "report.md").is_file()
+    assert os.readlink(runs / "latest") == first.name  # the run that finished last, not the newest name
+    assert sorted(path.name for path in runs.iterdir()) == sorted([first.name, second.name, "latest"])  # no claim left
+
+
 # ---------------------------------------------------------------- SIGKILL: leftovers of dead runs, never of live ones
 
 def start(*args) -> subprocess.Popen:

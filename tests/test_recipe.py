@@ -179,3 +179,32 @@ def test_levers_switch_parts_of_the_recipe_off_by_name():
                                                np.random.default_rng(0)), pixels)
     with pytest.raises(ValueError, match="unknown lever"):
         recipe.RECIPE.with_levers(["random_windows", "mixup"])
+
+
+def test_oversampling_draws_each_class_with_weight_count_to_the_minus_three_quarters(windows_dir, monkeypatch):
+    """The recipe's balance_power (0.75, measured): a window of class c is drawn with probability ~ count_c ** -0.75."""
+    windows, folder = windows_dir
+    normal = windows.index[(windows["label"] == "normal") & ~windows["is_valid"]]
+    windows = windows.drop(normal[1:])  # training windows: 5 extrastole, 5 murmur, 1 normal
+    counts = windows[~windows["is_valid"]]["label"].value_counts()
+    assert sorted(counts.to_dict().items()) == [("extrastole", 5), ("murmur", 5), ("normal", 1)]
+    real_dataloaders, draws = recipe.dataloaders, []
+
+    class Spied(Exception):
+        pass
+
+    def spy(train_set, valid_set, batch_size, device, sample_weights):
+        dls = real_dataloaders(train_set, valid_set, batch_size, device, sample_weights)
+        with monkeypatch.context() as patch:  # the weighted draw of an epoch's training windows
+            patch.setattr(np.random, "choice", lambda n, size, p: draws.append((train_set.targets, p)) or list(range(n)))
+            dls.train.get_idxs()
+        raise Spied  # the weights are what this test is about: no need to train
+
+    monkeypatch.setattr(recipe, "dataloaders", spy)
+    with pytest.raises(Spied):
+        recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=3, device=torch.device("cpu"))
+
+    (targets, p), = draws
+    expected = np.array([counts[CLASSES[target]] for target in targets], dtype=float) ** -0.75
+    assert TINY.balance_power == recipe.RECIPE.balance_power == 0.75
+    np.testing.assert_allclose(p, expected / expected.sum(), rtol=1e-9)

@@ -653,3 +653,18 @@ def test_spreadsheet_cells_round_trip_and_numbers_are_left_alone():
     assert safe["name"].tolist() == ["'-x", "y"]
     assert safe["delta"].tolist() == [-0.5, 0.25] and safe["count"].tolist() == [-3, 4]
     assert safe.to_csv(index=False).splitlines()[1] == "'-x,-0.5,-3"
+
+
+@pytest.mark.parametrize("n_tiles", [0, 1, 2, 7])
+def test_a_picture_grid_title_lies_within_the_figure(n_tiles):
+    from heartbeat.report import prediction_grid_figure
+
+    title = "Most confidently wrong recordings"
+    tiles = [(np.zeros((32, 32), np.uint8), f"true: murmur\npredicted: normal (0.9{i})\nloss 2.30", False, 2.3)
+             for i in range(n_tiles)]
+    figure = prediction_grid_figure(tiles, title, empty_text="no wrong predictions")
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    heading, = [text for text in figure.texts if text.get_text() == title]
+    box, frame = heading.get_window_extent(renderer), figure.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)

@@ -279,6 +279,7 @@ def test_synth_command_line_writes_what_the_library_writes(tmp_path, capsys):
     (["--out", "{file}/data"], "{file}/data"),  # under a regular file
     (["--out", "{folder}", "--seed", "-1"], "--seed"),
     (["--out", "{folder}", "--patients", "0"], "--patients"),
+    (["--out", "{folder}", "--patients", "100000000"], "--patients"),  # would write for hours: refused at once
 ])
 def test_synth_command_line_refuses_bad_input(arguments, named, tmp_path, capsys):
     from heartbeat import cli
@@ -295,6 +296,17 @@ def test_synth_command_line_refuses_bad_input(arguments, named, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert named.format(**paths) in err.strip().splitlines()[-1]
-    if not named.startswith("--"):
-        assert len(err.strip().splitlines()) == 1
+    assert len(err.strip().splitlines()) == 1
     assert sorted(tmp_path.iterdir()) == before and (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_synth_patients_cap_says_its_limit_and_why(capsys):
+    from heartbeat import cli
+
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["synth", "--out", "unused", "--patients", str(cli.MAX_SYNTH_PATIENTS + 1)])
+    err = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and "\n" not in err
+    assert f"between 1 and {cli.MAX_SYNTH_PATIENTS}" in err and "hours" in err
+    assert cli.build_parser().parse_args(["synth", "--out", "x", "--patients", str(cli.MAX_SYNTH_PATIENTS)]).patients \
+        == cli.MAX_SYNTH_PATIENTS

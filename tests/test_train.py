@@ -317,32 +317,70 @@ def test_spectrograms_made_with_other_audio_settings_are_refused(trained_run, tm
     assert not out.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["spectrograms"]
 
 
-def test_ctrl_c_during_training_exits_130_and_leaves_no_run(trained_run, tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    command = [sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(trained_run["spectrograms"]),
-               "--out", str(runs / "run"), "--no-pretrained", "--image-size", "32", "--epochs", "1", "--quiet"]
-    # A session of its own, so that the interrupt goes to its whole process group as a terminal's Ctrl-C does.
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+TINY_RUN = ["--no-pretrained", "--image-size", "32", "--epochs", "1", "--quiet"]
+STOP_CASES = {  # name -> (command after its input folder's flag, where its work is under way, signal, to the group?)
+    # Ctrl-C: the terminal interrupts the whole process group
+    "train-ctrl-c": (["train", "--out", "{out}/run", *TINY_RUN], ".*/split.csv", signal.SIGINT, True),
+    # `kill PID` or a service manager stopping the command: SIGTERM to the process alone
+    "train-sigterm": (["train", "--out", "{out}/run", *TINY_RUN], ".*/split.csv", signal.SIGTERM, False),
+    "cv-sigterm": (["cv", "--out", "{out}/cv", "--folds", "2", *TINY_RUN], ".cv.*.tmp/runs/.*", signal.SIGTERM, False),
+    # a closed terminal hangs up its foreground process group
+    "train-sighup": (["train", "--out", "{out}/run", *TINY_RUN], ".*/split.csv", signal.SIGHUP, True),
+    # workers inherit the handler: each removes its own temporary image
+    "spectrograms-sigterm": (["spectrograms", "--out", "{out}/spectrograms", "--jobs", "2", "--quiet"],
+                             "spectrograms/images/*.png", signal.SIGTERM, False),
+}
+
+
+@pytest.mark.parametrize("case", list(STOP_CASES))
+def test_a_stopped_command_exits_128_plus_the_signal_and_leaves_no_temporary(case, trained_run, tmp_path):
+    command, under_way, signum, to_group = STOP_CASES[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    source = ["--data", trained_run["data"]] if command[0] == "spectrograms" else ["--spectrograms", trained_run["spectrograms"]]
+    arguments = [sys.executable, "-m", "heartbeat", command[0], *map(str, source), *(a.format(out=out) for a in command[1:])]
+    # A session of its own, so that a signal to its group reaches it (and its workers) as a terminal's does.
+    process = subprocess.Popen(arguments, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        # Training has begun once the split is written into the run's temporary folder.
-        while not list(runs.glob(".*/split.csv")):
+        while not list(out.glob(under_way)):  # the command's temporary exists: its work is under way
             assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=120)
+            assert time.monotonic() < deadline, f"{case} did not start"
+            time.sleep(0.02)
+        if to_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
 
-    assert process.returncode == 130, err
-    assert "Traceback" not in err
-    assert [line for line in err.splitlines() if line.strip()] == ["heartbeat: interrupted"]
-    assert list(runs.iterdir()) == []  # neither the run nor its temporary folder
+    assert process.returncode == 128 + signum, err
+    expected = "heartbeat: interrupted" if signum == signal.SIGINT else f"heartbeat: stopped by {signum.name}"
+    assert [line for line in err.splitlines() if line.strip()] == [expected]
+    assert [path for path in out.rglob(".*") if ".tmp" in path.name] == []  # no hidden temporary anywhere
+    if command[0] == "spectrograms":
+        assert not (out / "spectrograms" / "manifest.csv").exists()  # the manifest is written last, when complete
+    else:
+        assert list(out.iterdir()) == []  # neither the run (or CV folder) nor its temporary folder
+
+
+def test_progress_in_a_log_is_one_line_per_epoch_without_carriage_returns(trained_run, tmp_path):
+    log = tmp_path / "log"
+    with open(log, "w") as stdout:  # a file, not a terminal: as `make demo > log`
+        process = subprocess.run([sys.executable, "-m", "heartbeat", "train", "--spectrograms", str(trained_run["spectrograms"]),
+                                  "--out", str(tmp_path / "run"), "--no-pretrained", "--image-size", "32", "--epochs", "2"],
+                                 env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=stdout, stderr=subprocess.PIPE,
+                                 text=True, timeout=280)
+    assert process.returncode == 0, process.stderr
+    text = log.read_text()
+    assert "\r" not in text and "\r" not in process.stderr
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[:2] for line in epochs] == [["epoch", "0"], ["epoch", "1"]], text
+    assert all("train_loss" in line and "valid_loss" in line and "error_rate" in line for line in epochs)
 
 
 # ---------------------------------------------------------------- finetune, unfreeze, the majority baseline
