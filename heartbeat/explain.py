@@ -43,7 +43,9 @@ PATCH_BANDS = 16
 # Figure size: 10 x 8 inches at 100 dpi, a 1000 x 800 PNG (three panels of a readable height).
 FIGURE_INCHES = (10.0, 8.0)
 FIGURE_DPI = 100
-FREQUENCY_TICKS_HZ = (25, 50, 100, 200, 500, 1000, 2000)
+# Below 1 kHz the mel scale is linear (about 13 Hz a band): ticks closer than 100 Hz would overlap.
+FREQUENCY_TICKS_HZ = (100, 200, 400, 700, 1000, 1500)
+PANELS = ("spectrogram", "probabilities", "saliency")  # the panels' axes labels (matplotlib's, not drawn)
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,9 @@ def explanation_figure(explanation: Explanation, classes: Sequence[str], title: 
     figure = Figure(figsize=FIGURE_INCHES, dpi=FIGURE_DPI, layout="constrained")
     # A narrow second column holds the colour bars, so the three panels keep the same width and times line up.
     grid = figure.add_gridspec(3, 2, height_ratios=(3, 2, 3), width_ratios=(1, 0.02))
-    spectrum_axes = figure.add_subplot(grid[0, 0])
-    probability_axes = figure.add_subplot(grid[1, 0], sharex=spectrum_axes)
-    saliency_axes = figure.add_subplot(grid[2, 0], sharex=spectrum_axes)
+    spectrum_axes = figure.add_subplot(grid[0, 0], label=PANELS[0])
+    probability_axes = figure.add_subplot(grid[1, 0], sharex=spectrum_axes, label=PANELS[1])
+    saliency_axes = figure.add_subplot(grid[2, 0], sharex=spectrum_axes, label=PANELS[2])
     figure.suptitle(title, parse_math=False)  # a file name's `$` is not mathtext
 
     half_frame = explanation.frame_seconds / 2
