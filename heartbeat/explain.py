@@ -4,9 +4,14 @@
 (audio.iter_recording_images -> Predictor.model_input -> the network -> metrics.combine_windows)
 and, for each window, hides one time-frequency patch at a time and runs the hidden versions
 through the same ONNX session: a patch's saliency is how much hiding it lowers the window's
-probability of the explained class (by default the recording's answer). Occlusion needs only
+log-odds of the explained class (by default the recording's answer). Occlusion needs only
 the forward pass, so predict stays free of torch; it treats every model alike (the published
 ResNet, the heartbeat CNN, an ensemble graph).
+
+Log-odds, log(p / (1 - p)), not the probability itself: a confident model's probability
+saturates, and when its evidence repeats (a murmur in each of a recording's twelve systoles)
+hiding one patch moved p(murmur) = 0.99999 by 1e-5, a blank map. Log-odds keep counting
+evidence there, and in the middle (p near 0.5) they are 4 x the probability's change.
 
 The patch (PATCH_FRAMES x PATCH_BANDS) is hidden by setting it to each band's mean level over
 the window's sounding frames: the band "at its usual level", which carries no event. Not 0:
@@ -59,7 +64,7 @@ class Explanation:
     window_probabilities: np.ndarray  # (n_windows, n_classes) float
     probabilities: np.ndarray  # (n_classes,) the recording's: metrics.combine_windows of the windows'
     target: int  # the class index the saliency is for (by default the answer, argmax of probabilities)
-    saliency: np.ndarray  # float32 (n_mels, n_frames): drop in the target's window probability when hidden
+    saliency: np.ndarray  # float32 (n_mels, n_frames): drop in the target's window log-odds when hidden
 
     @property
     def duration(self) -> float:
@@ -101,7 +106,8 @@ def explain_signal(predictor, signal: np.ndarray, *, target: int | None = None,
 
     for (start_seconds, image), window_baseline in zip(windows, baseline):
         bands = image[::rows_per_band][::-1]  # (n_mels, frames), lowest band first; a band's rows are copies
-        window_map = _window_saliency(predictor, image, window_baseline[target], target, patch, rows_per_band)
+        window_map = _window_saliency(predictor, image, float(log_odds(window_baseline[None], target)[0]), target,
+                                      patch, rows_per_band)
         first = round(start_seconds * settings.sample_rate / settings.hop_length)
         last = min(first + bands.shape[1], n_frames)
         # Overlapping windows hold the same sound (one dB scale per recording): the later one's pixels are kept.
@@ -116,6 +122,18 @@ def explain_signal(predictor, signal: np.ndarray, *, target: int | None = None,
     )
 
 
+def log_odds(probabilities: np.ndarray, target: int) -> np.ndarray:
+    """(n, n_classes) probabilities -> (n,) natural log-odds of class `target`: log p - log(sum of the others).
+
+    The others are summed rather than taken as 1 - p, which float32 rounds to 0 above p = 1 - 6e-8;
+    probabilities are floored at float32's smallest normal number, so a 0 gives a large finite value.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    floor = float(np.finfo(np.float32).tiny)
+    others = np.delete(probabilities, target, axis=1).sum(axis=1)
+    return np.log(np.maximum(probabilities[:, target], floor)) - np.log(np.maximum(others, floor))
+
+
 def patch_grid(n_bands: int, n_frames: int, patch: tuple[int, int]) -> list[tuple[slice, slice]]:
     """(band slice, frame slice) of every patch tiling a window without overlap (the last ones cut at the edges)."""
     patch_frames, patch_bands = patch
@@ -125,7 +143,7 @@ def patch_grid(n_bands: int, n_frames: int, patch: tuple[int, int]) -> list[tupl
 
 def _window_saliency(predictor, image: np.ndarray, baseline: float, target: int, patch: tuple[int, int],
                      rows_per_band: int) -> np.ndarray:
-    """(n_mels, frames) float: baseline minus the target's probability with each patch hidden (0 where never hidden)."""
+    """(n_mels, frames) float: the target's log-odds minus those with each patch hidden (0 where never hidden)."""
     n_bands, n_frames = image.shape[0] // rows_per_band, image.shape[1]
     sounding = image.max(axis=0) > 0
     window_map = np.zeros((n_bands, n_frames))
@@ -145,7 +163,7 @@ def _window_saliency(predictor, image: np.ndarray, baseline: float, target: int,
             yield predictor.model_input(occluded)
 
     if hidden:
-        drops = baseline - predictor.window_probabilities(hidden_inputs())[:, target]
+        drops = baseline - log_odds(predictor.window_probabilities(hidden_inputs()), target)
         for (bands, frames), drop in zip(hidden, drops):
             window_map[bands, frames] = drop
     return window_map
@@ -186,7 +204,7 @@ def explanation_figure(explanation: Explanation, classes: Sequence[str], title: 
     """A matplotlib Figure of three panels sharing the time axis (seconds), each with its colour bar or legend:
     the mel spectrogram (dB re the recording's peak; Hz, low at the bottom), the classes' probabilities window by
     window, and the saliency for the target class over the spectrogram in grey (red: hiding it lowers the class's
-    probability, so it is evidence for it; blue: evidence against).
+    log-odds, so it is evidence for it; blue: evidence against).
     """
     from matplotlib.figure import Figure
 
@@ -217,8 +235,9 @@ def explanation_figure(explanation: Explanation, classes: Sequence[str], title: 
     overlay = saliency_axes.imshow(explanation.saliency, origin="lower", aspect="auto", extent=extent, cmap="RdBu_r",
                                    vmin=-limit, vmax=limit, alpha=opacity, interpolation="nearest")
     target = classes[explanation.target]
-    figure.colorbar(overlay, cax=figure.add_subplot(grid[2, 1]), label=f"drop in p({target})")
-    saliency_axes.set_title(f"what moved p({target}): occlusion saliency", loc="left", fontsize="medium")
+    figure.colorbar(overlay, cax=figure.add_subplot(grid[2, 1]), label=f"drop in log-odds of {target}")
+    saliency_axes.set_title(f"what moved the answer: occlusion saliency for {target} (red: evidence for it, "
+                            f"blue: against)", loc="left", fontsize="medium")
 
     for axes in (spectrum_axes, saliency_axes):
         _frequency_axis(axes, settings)
@@ -236,13 +255,15 @@ def _draw_probabilities(axes, explanation: Explanation, classes: Sequence[str]) 
     for index, name in enumerate(classes):
         axes.stairs(explanation.window_probabilities[:, index], edges, label=name, linewidth=2,
                     baseline=None, linestyle="-" if index == explanation.target else "--")
-    for start in starts[1:]:
-        axes.axvline(start, color="0.8", linewidth=0.8, zorder=0)  # where each later window begins
+    for edge in edges[1:-1]:
+        axes.axvline(edge, color="0.8", linewidth=0.8, zorder=0)  # where one window's answer hands over to the next
     axes.set_ylim(-0.02, 1.02)
     axes.set_ylabel("probability")
     axes.set_title(f"class probabilities, window by window ({starts.size} window{'s' * (starts.size != 1)})",
                    loc="left", fontsize="medium")
-    axes.legend(loc="upper right", fontsize="small", ncols=len(classes), framealpha=0.8)
+    # Above the panel's top right, beside its title: inside, it would hide a probability near 1.
+    axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small", ncols=len(classes), frameon=False,
+                borderaxespad=0.1)
 
 
 def _frequency_axis(axes, settings: audio.AudioSettings) -> None:

@@ -242,7 +242,7 @@ def test_the_figure_has_three_panels_on_one_time_axis_with_low_frequencies_at_th
         assert axes.get_ylim()[0] < axes.get_ylim()[1]  # upward: the low bands at the bottom
         assert axes.images[0].origin == "lower"
     assert [text.get_text() for text in probability.get_legend().get_texts()] == CLASSES
-    assert "p(murmur)" in saliency.get_title(loc="left")
+    assert "saliency for murmur" in saliency.get_title(loc="left")
 
 
 def test_the_png_decodes_at_its_size_with_every_panel_drawn(explained):
