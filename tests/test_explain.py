@@ -111,6 +111,14 @@ def test_saliency_is_high_inside_the_region_the_model_reads_and_zero_elsewhere(t
     assert explanation.saliency[inside].min() > 0.3
     # ...and hiding anything else changes nothing the model reads.
     assert np.abs(explanation.saliency[~inside]).max() < 1e-6
+    # The model's log-odds are 2 * gain * (mean - threshold): hiding the first half of the region (frames 96-119)
+    # with each row's mean level lowers them by exactly 2 * gain * (the brightness it takes away) / the region's size.
+    image = audio.recording_images(tone_recording)[0][1].astype(float)
+    rows = slice((N_MELS - BANDS[1]) * ROWS_PER_BAND, (N_MELS - BANDS[0]) * ROWS_PER_BAND)
+    neutral = np.rint(image[rows][:, image.max(axis=0) > 0].mean(axis=1))  # over the sounding frames
+    taken = (image[rows, FRAMES[0]:FRAMES[0] + explain.PATCH_FRAMES] - neutral[:, None]).sum()
+    expected = 2 * 40.0 * taken / (image[rows, slice(*FRAMES)].size * 255.0)
+    assert explanation.saliency[BANDS[0], FRAMES[0]] == pytest.approx(expected, rel=1e-3)
 
 
 def test_the_explanation_covers_the_recording_and_agrees_with_predict(tmp_path, tone_recording):
@@ -183,6 +191,13 @@ def test_a_murmur_in_systole_lights_up_systole_not_diastole(tmp_path):
     # The heart sounds' own bands (below 240 Hz) and everything above the murmur carry nothing the model reads.
     assert np.abs(explanation.saliency[:murmur_bands[0]]).max() < 1e-6
     assert np.abs(explanation.saliency[murmur_bands[1]:]).max() < 1e-6
+
+
+def test_log_odds_keep_counting_where_the_probability_saturates():
+    probabilities = np.array([[1e-9, 1.0 - 1e-9], [1e-7, 1.0 - 1e-7], [0.5, 0.5], [0.0, 1.0]], np.float32)
+    odds = explain.log_odds(probabilities, 1)
+    assert odds[0] == pytest.approx(np.log(1e9), rel=1e-3) and odds[1] == pytest.approx(np.log(1e7), rel=1e-3)
+    assert odds[2] == 0.0 and np.isfinite(odds[3])
 
 
 def test_patches_hide_with_each_bands_mean_level_and_never_touch_padding():
