@@ -42,7 +42,7 @@ TARGET_SECONDS = 2.0
 def train_model(workdir: Path) -> Path:
     """A heartbeat-recipe run trained for one epoch on synthetic recordings; returns its folder."""
     for step in (["synth", "--out", str(workdir / "data")],
-                 ["spectrograms", "--data", str(workdir / "data"), "--out", str(workdir / "spectrograms")],
+                 ["spectrograms", "--data", str(workdir / "data"), "--out", str(workdir / "spectrograms"), "--quiet"],
                  ["train", "--spectrograms", str(workdir / "spectrograms"), "--runs", str(workdir / "runs"),
                   "--recipe", "heartbeat", "--epochs", "1", "--quiet"]):
         say(f"{benchlib.NAME}: heartbeat {' '.join(step)}")

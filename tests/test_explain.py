@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +230,20 @@ def test_patches_hide_with_each_bands_mean_level_and_never_touch_padding():
     assert (first[:, 24:] == image[:, 24:]).all() and (first[:-16 * ROWS_PER_BAND] == image[:-16 * ROWS_PER_BAND]).all()
     last_in_time = recorder.images[4]  # frames 96-119: only 96-99 sound
     assert (last_in_time[:, 100:] == 0).all()
+
+
+def test_explaining_imports_no_heavy_module(tmp_path, tone_recording):
+    """Saliency needs only the forward pass: predict stays torch-free (and pandas/matplotlib wait for drawing)."""
+    from test_predict import HEAVY_MODULES
+
+    folder = region_model(tmp_path / "model", BANDS, FRAMES, threshold=0.1)
+    np.save(tmp_path / "signal.npy", tone_recording)
+    code = (f"import sys, numpy; from heartbeat import explain, predict; "
+            f"explain.explain_signal(predict.load_predictor({str(folder)!r}, 1), numpy.load({str(tmp_path / 'signal.npy')!r})); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_MODULES!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.stdout.strip() == "[]", result.stderr
 
 
 # ---------------------------------------------------------------- the picture
