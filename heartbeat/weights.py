@@ -162,8 +162,11 @@ def _copy_hashing(response, target: Path, size: int | None, label: str, progress
 
     digest = hashlib.sha256()
     received = 0
+    bar_drawn = progress and on_terminal(sys.stderr)
+    if progress and not bar_drawn:  # a log gets one line instead of the bar's redrawn frames
+        print(label, file=sys.stderr, flush=True)
     with open(target, "wb") as out, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                                         desc=label, disable=not (progress and on_terminal(sys.stderr)), leave=False) as bar:
+                                         desc=label, disable=not bar_drawn, leave=False) as bar:
         while chunk := response.read(CHUNK_BYTES):
             received += len(chunk)
             if received > MAX_WEIGHTS_BYTES:
