@@ -29,7 +29,6 @@ never hidden: they hold nothing, and filling them would invent sound.
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from heartbeat import audio, metrics
 from heartbeat.fileio import atomic_write_bytes
+from heartbeat.text import printable
 
 # 24 frames of 10 ms = 0.24 s: shorter than systole (about 0.3 s at 72 bpm; S1 to S2), so a
 # murmur between S1 and S2 and the silence of diastole fall in different patches, yet long
@@ -172,13 +172,11 @@ def _window_saliency(predictor, image: np.ndarray, baseline: float, target: int,
 # ---------------------------------------------------------------- the picture
 
 def printable_name(name: str | os.PathLike | bytes) -> str:
-    """A file name as one line of valid text: undecodable bytes and control characters as backslash escapes.
+    """A file name as one line of text a picture can show: text.printable's escapes, and undecodable bytes as `\\xNN`.
 
-    A minimal local version (repr-style escapes); to be merged with the project's escaping helper.
+    A terminal gets a name's undecodable bytes back as they were; a PNG title cannot, so they are escaped here.
     """
-    text = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(repr(char)[1:-1] if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
-                   for char in text)
+    return printable(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
 
 def explanation_title(name: str | os.PathLike | bytes, explanation: Explanation, classes: Sequence[str]) -> str:
