@@ -31,8 +31,8 @@ DEMO_FLAGS := --no-pretrained --image-size 128 --epochs 6 --bs 8 --name demo
 
 # The torch build on this machine's disk; never let pip resolve another one.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py)
-STAGE1_SOURCES := heartbeat/audio.py heartbeat/dataset.py heartbeat/layouts.py heartbeat/spectrograms.py
+PACKAGE_SOURCES := pyproject.toml $(wildcard heartbeat/*.py heartbeat/*/*.py heartbeat/*/*/*.py)
+STAGE1_SOURCES := $(wildcard heartbeat/data/*.py heartbeat/data/*/*.py) heartbeat/fileio.py heartbeat/workers.py
 # Settings stamps: a file rewritten only when what a stage is asked changes, so that another DATA, FORMAT,
 # WEIGHTS or flag reruns the stage. make's own file functions write them: no shell quoting of the flags.
 same-text = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from heartbeat import __version__
-from heartbeat import settings as settings_module
-from heartbeat.layouts import FORMATS  # standard library only: --help stays quick
+from heartbeat.train import settings as settings_module
+from heartbeat.data.layouts import FORMATS  # standard library only: --help stays quick
 from heartbeat.text import printable  # standard library only
 from heartbeat.workers import CAP_HELP, worker_number  # standard library only
 
@@ -37,7 +37,7 @@ class _StdoutClosed(Exception):
     """Standard output's reader went away (`heartbeat predict ... | head -n1`): stop quietly, as Unix tools do."""
 
 
-# Checks of one number, shared with TrainSettings' flags (heartbeat.settings imports only the standard library,
+# Checks of one number, shared with TrainSettings' flags (heartbeat.train.settings imports only the standard library,
 # so a bad flag is still reported before torch loads).
 MAX_SEED = settings_module.MAX_SEED
 _positive_int = settings_module.positive_int
@@ -93,7 +93,7 @@ LABEL_MAP_HELP = "rename or drop labels, e.g. 'noisynormal=normal,artifact=drop'
 
 
 def _add_layout_flags(parser) -> None:
-    """--format, --label-map and --group-regex: how a data folder is read (heartbeat.layouts)."""
+    """--format, --label-map and --group-regex: how a data folder is read (heartbeat.data.layouts)."""
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS), metavar="FORMAT", help=FORMAT_HELP)
     parser.add_argument("--label-map", default=None, metavar="MAP", help=LABEL_MAP_HELP)
     parser.add_argument("--group-regex", default=None, metavar="REGEX",
@@ -104,7 +104,7 @@ def _add_layout_flags(parser) -> None:
 
 def _label_map(text: str | None) -> dict | None:
     """--label-map's text as a mapping (UserError naming the flag if malformed)."""
-    from heartbeat.layouts import LayoutError, parse_label_map
+    from heartbeat.data.layouts import LayoutError, parse_label_map
 
     if text is None:
         return None
@@ -115,8 +115,8 @@ def _label_map(text: str | None) -> dict | None:
 
 
 def _run_spectrograms(args) -> int:
-    from heartbeat.layouts import LayoutError
-    from heartbeat.spectrograms import OutputError, build_spectrograms
+    from heartbeat.data.layouts import LayoutError
+    from heartbeat.data.spectrograms import OutputError, build_spectrograms
 
     limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     try:
@@ -137,7 +137,7 @@ def _run_spectrograms(args) -> int:
 
 def _add_train_flags(parser, command: str) -> None:
     """The training flags of `train` or `cv`, one per TrainSettings field: flag, default, choices, check and help
-    are the field's (heartbeat.settings); --weights and --no-pretrained exclude each other."""
+    are the field's (heartbeat.train.settings); --weights and --no-pretrained exclude each other."""
     import dataclasses
 
     from heartbeat import config
@@ -178,7 +178,7 @@ def _training_errors():
     except OSError as error:  # what no check could foresee (a full disk); the output folder was not written
         raise UserError(_os_error_line(error)) from None
     except Exception as error:  # WeightsError: imported only here, as it loads torch
-        from heartbeat.model import WeightsError
+        from heartbeat.train.model import WeightsError
 
         if not isinstance(error, WeightsError):
             raise
@@ -205,7 +205,7 @@ def _add_train(commands) -> None:
 def _run_train(args) -> int:
     with _training_errors():
         settings = _train_settings(args)  # before torch loads: flags that do nothing together are refused at once
-        from heartbeat.train import train
+        from heartbeat.train.run import train
 
         result = train(args.spectrograms, args.out, settings, runs_dir=args.runs, progress=not args.quiet)
     print(_headline(result.metrics, result.run_dir))
@@ -239,7 +239,7 @@ def _add_report(commands) -> None:
 
 def _run_report(args) -> int:
     from heartbeat import config
-    from heartbeat.report import RunFolderError, rewrite_report
+    from heartbeat.report.run_report import RunFolderError, rewrite_report
 
     run_dir = Path(args.run_dir) if args.run_dir else config.RUNS_DIR / "latest"
     try:
@@ -371,7 +371,7 @@ def _add_evaluate(commands) -> None:
 
 def _run_evaluate(args) -> int:
     from heartbeat import config
-    from heartbeat.evaluate import EvaluationError, NothingEvaluated, prepare, run
+    from heartbeat.report.evaluate import EvaluationError, NothingEvaluated, prepare, run
 
     model_dir = Path(args.model) if args.model else config.RUNS_DIR / "latest"
     limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
@@ -431,7 +431,7 @@ def _add_cv(commands) -> None:
 def _run_cv(args) -> int:
     with _training_errors():
         settings = _train_settings(args)
-        from heartbeat.cv import cross_validate
+        from heartbeat.report.cv import cross_validate
 
         summary = cross_validate(args.spectrograms, args.out, settings, folds=args.folds, seeds=args.seeds,
                                  protocol=args.protocol, progress=not args.quiet)
@@ -446,7 +446,7 @@ def _cv_headline(summary: dict, out_dir) -> str:
             f"report: {out_dir}/report.md")
 
 
-SYNTH_FORMATS = FORMATS  # synth writes every layout heartbeat.layouts reads
+SYNTH_FORMATS = FORMATS  # synth writes every layout heartbeat.data.layouts reads
 # synth writes a demo or test folder (24 patients by default, about 3 MB); 1,000 patients are about 140 MB of WAV and
 # minutes of work, and 10**8 would fill the disk for hours: refused at parse time rather than left to run.
 MAX_SYNTH_PATIENTS = 1000
@@ -480,7 +480,7 @@ def _add_synth(commands) -> None:
 
 
 def _run_synth(args) -> int:
-    from heartbeat.synth import write_dataset_b, write_layout
+    from heartbeat.data.synth import write_dataset_b, write_layout
 
     try:
         if args.format == "pascal-b":

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heartbeat import audio, metrics
+from heartbeat.data import audio
+from heartbeat.report import metrics
 from heartbeat.fileio import atomic_write_bytes
 from heartbeat.text import printable
 
@@ -187,7 +188,7 @@ def explanation_title(name: str | os.PathLike | bytes, explanation: Explanation,
 
 def draw_explanation(explanation: Explanation, classes: Sequence[str], title: str) -> bytes:
     """The explanation as PNG bytes (1000 x 800 px): see explanation_figure."""
-    from heartbeat.report import png_bytes  # matplotlib and pandas: loaded only when a picture is drawn
+    from heartbeat.report.run_report import png_bytes  # matplotlib and pandas: loaded only when a picture is drawn
 
     return png_bytes(explanation_figure(explanation, classes, title))
 

@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from heartbeat import audio, layouts, metrics
+from heartbeat.data import audio
+from heartbeat.data import layouts
+from heartbeat.report import metrics
 from heartbeat.text import printable
 from heartbeat.workers import worker_count
 
-# The model folder's file names, as heartbeat.model writes them (that module imports torch,
+# The model folder's file names, as heartbeat.train.model writes them (that module imports torch,
 # so the names are repeated here; a test checks that they agree).
 MODEL_FILE = "model.json"
 ONNX_FILE = "model.onnx"

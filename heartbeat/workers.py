@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from heartbeat.settings import whole_number
+from heartbeat.train.settings import whole_number
 
 MAX_WORKERS = 1024  # far above any CPU count this project meets; a value beyond it is a typo
 CAP_HELP = f"never more than the CPUs this process may use, at most {MAX_WORKERS}"

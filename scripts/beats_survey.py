@@ -2,8 +2,8 @@
 
     python scripts/beats_survey.py [--data DIR]
 
-A measurement, not a test (the recordings carry no beat annotations). Runs heartbeat.beats.segment
-on every labelled recording of set_b (read by heartbeat.layouts, loaded by heartbeat.audio as
+A measurement, not a test (the recordings carry no beat annotations). Runs heartbeat.data.beats.segment
+on every labelled recording of set_b (read by heartbeat.data.layouts, loaded by heartbeat.data.audio as
 predict loads them) and prints, per class and for all:
 - the share with a reliable rhythm, and the reasons when not;
 - the heart rate's median and 5-95 % range;
@@ -21,7 +21,9 @@ import numpy as np
 
 import benchlib
 from benchlib import figures
-from heartbeat import audio, beats, layouts
+from heartbeat.data import audio
+from heartbeat.data import beats
+from heartbeat.data import layouts
 
 
 def survey(data) -> dict[str, list[beats.Rhythm]]:

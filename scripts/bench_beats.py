@@ -2,8 +2,8 @@
 
     python scripts/bench_beats.py [--repeats N]
 
-In one process, taking turns: heartbeat.beats.segment on a 10-s synthetic recording (a normal
-rhythm from heartbeat.synth, written to and read back from a WAV file), and audio.py's read
+In one process, taking turns: heartbeat.data.beats.segment on a 10-s synthetic recording (a normal
+rhythm from heartbeat.data.synth, written to and read back from a WAV file), and audio.py's read
 and images of the same file (load_audio + recording_images), which predict does anyway.
 Prints the median of each and their ratio. Target (issue 18): segmentation <= 20 ms per 10-s recording.
 """
@@ -19,8 +19,9 @@ import soundfile
 
 import benchlib
 from benchlib import figures, target
-from heartbeat import audio, beats
-from heartbeat.synth import heartbeat_signal
+from heartbeat.data import audio
+from heartbeat.data import beats
+from heartbeat.data.synth import heartbeat_signal
 
 SECONDS = 10.0
 TARGET_MS = 20.0

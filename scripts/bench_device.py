@@ -48,11 +48,11 @@ class Row:
     windows: int
 
 
-# ---------------------------------------------------------------- devices (heartbeat.device names them)
+# ---------------------------------------------------------------- devices (heartbeat.train.device names them)
 
 def devices() -> list:
     """The CPU, then the GPU torch can use (CUDA first, then Apple's MPS), if any: what --device auto would take."""
-    from heartbeat import device
+    from heartbeat.train import device
 
     found, gpu = [device.cpu()], device.resolve_device("auto")
     return found if gpu == found[0] else [*found, gpu]
@@ -60,13 +60,13 @@ def devices() -> list:
 
 def reduced_precision(device):
     """The autocast dtype the device runs fast (train's --precision auto), or None where only fp32 is worth timing."""
-    from heartbeat.device import autocast_dtype
+    from heartbeat.train.device import autocast_dtype
 
     return autocast_dtype(device, "auto")
 
 
 def precision_name(dtype) -> str:
-    from heartbeat.device import precision_name
+    from heartbeat.train.device import precision_name
 
     return precision_name(dtype) + ("" if dtype is None else " autocast")
 
@@ -78,7 +78,7 @@ def stand_in_network():
     from fastai.vision.learner import create_vision_model
     from torch import nn
 
-    from heartbeat import model
+    from heartbeat.train import model
 
     network = create_vision_model(model.resnet34_arch(benchlib.stand_in_state()), N_CLASSES, pretrained=True)
     for module in network[0].modules():  # the body: only BatchNorm trains (fastai's train_bn)
@@ -100,7 +100,7 @@ def spectrogram_windows(spectrograms: Path, count: int, image_size: int):
     import torch
     from PIL import Image
 
-    from heartbeat import audio
+    from heartbeat.data import audio
 
     with open(spectrograms / "manifest.csv", newline="") as handle:
         names = [row["image"] for row in csv.DictReader(handle)][:count]
@@ -113,7 +113,7 @@ def spectrogram_windows(spectrograms: Path, count: int, image_size: int):
 
 def normalised(windows, device):
     """uint8 (n, size, size) on the host -> ImageNet-normalised float (n, 3, size, size) on `device`."""
-    from heartbeat import model
+    from heartbeat.train import model
 
     grey = windows.to(device)[:, None].float() / 255.0
     return model.imagenet_normalise(grey.expand(-1, 3, -1, -1))
@@ -123,7 +123,7 @@ def normalised(windows, device):
 
 def timed_batches(batches: list, step, device) -> float:
     """Seconds for step() over every batch, after one untimed step on the first."""
-    from heartbeat.device import synchronize
+    from heartbeat.train.device import synchronize
 
     step(batches[0])
     synchronize(device)
@@ -168,7 +168,7 @@ def finetune_seconds(network, windows, labels, device) -> float:
 def measure(windows, devices_found: list) -> list[Row]:
     import torch
 
-    from heartbeat.device import device_name
+    from heartbeat.train.device import device_name
 
     network = stand_in_network()
     labels = torch.randint(0, N_CLASSES, (len(windows),), generator=torch.Generator().manual_seed(0))
@@ -190,7 +190,7 @@ def measure(windows, devices_found: list) -> list[Row]:
 
 def table(rows: list[Row]) -> list[str]:
     """A Markdown table; the last column is the CPU fp32 row's seconds over this row's, for the same pass."""
-    from heartbeat.device import cpu
+    from heartbeat.train.device import cpu
 
     baseline = {row.pass_name: row.seconds for row in rows if row.device == str(cpu()) and row.precision == "fp32"}
     lines = ["| pass | device | device name | precision | seconds | windows/s | vs CPU fp32 |", "|---|---|---|---|---:|---:|---:|"]
@@ -203,7 +203,7 @@ def table(rows: list[Row]) -> list[str]:
 def main() -> int:
     import torch
 
-    from heartbeat.device import device_name
+    from heartbeat.train.device import device_name
 
     parser = benchlib.argument_parser(__doc__, data=False)
     parser.add_argument("--windows", type=int, default=16, help="spectrogram windows per pass (default: %(default)s; "

@@ -32,7 +32,9 @@ from benchlib import figures, say, target
 
 import numpy as np
 
-from heartbeat import audio, explain, predict, synth
+from heartbeat import explain, predict
+from heartbeat.data import audio
+from heartbeat.data import synth
 
 HEARTBEAT = str(Path(sys.executable).parent / "heartbeat")
 SECONDS = 10.0

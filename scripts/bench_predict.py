@@ -43,7 +43,7 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 from fastai.vision.all import CategoryBlock, ImageDataLoaders, Normalize, resnet34, vision_learner
-from heartbeat import model
+from heartbeat.train import model
 
 run, spectrograms, out = map(Path, sys.argv[1:4])
 # A features-mode run keeps its head alone: load_model puts it on the body its config.json names (digest checked).
@@ -102,7 +102,7 @@ def five_second_recording(data: Path, workdir: Path) -> tuple[Path, Path]:
     """The recording closest to 5 s that is one window, and its spectrogram PNG (made as stage 1 makes it)."""
     import soundfile
 
-    from heartbeat import audio
+    from heartbeat.data import audio
 
     def distance(path: Path) -> float:
         info = soundfile.info(str(path))

@@ -37,7 +37,7 @@ def published_batch_times(spectrograms: Path, weights: Path, batches: int) -> tu
     import torch
     from fastai.vision.all import ImageDataLoaders, error_rate, vision_learner
 
-    from heartbeat.model import resnet34_arch
+    from heartbeat.train.model import resnet34_arch
 
     manifest = pd.read_csv(spectrograms / "manifest.csv", keep_default_na=False)
     first_windows = manifest[manifest["window"] == 0].head(BATCH_SIZE * (batches + 2) * 2)

@@ -72,7 +72,9 @@ def main() -> int:
     parser.add_argument("folders", nargs="+", help="name=CV_DIR")
     parser.add_argument("--out", type=Path, help="write every run's figures to this csv")
     args = parser.parse_args()
-    from heartbeat import audio, metrics, predict
+    from heartbeat import predict
+    from heartbeat.data import audio
+    from heartbeat.report import metrics
     from heartbeat.text import from_spreadsheet_cell
 
     folders = dict(item.split("=", 1) for item in args.folders)

@@ -2,7 +2,7 @@
 
 For each run of the 5-fold patient-grouped CV (seed 1 or 2), on the same outer folds as
 `heartbeat cv` and scripts/recipe_search.py:
-- full:    the recipe (heartbeat.recipe.RECIPE) trained on all training folds, seed s;
+- full:    the recipe (heartbeat.train.recipes.heartbeat.RECIPE) trained on all training folds, seed s;
 - seedens: full and two more models of seeds s+100, s+200; window probabilities averaged;
 - inner:   3 models, each trained on 2 of 3 patient-grouped inner folds of the training folds
            (a "fold ensemble"); probabilities averaged;
@@ -63,8 +63,11 @@ def choose_bias(labels, probabilities, classes, objective: str) -> np.ndarray:
 def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
     import torch
 
-    from heartbeat import cv, recipe, split, train
-    from heartbeat.device import cpu
+    from heartbeat.report import cv
+    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train import split
+    from heartbeat.train import run as train
+    from heartbeat.train.device import cpu
 
     torch.set_num_threads(1)
     windows = train.read_spectrograms(spectrograms_dir)

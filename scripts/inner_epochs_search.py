@@ -2,7 +2,7 @@
 
 For each run of the 5-fold patient-grouped CV (seeds 1-2, the folds of `heartbeat cv`):
 1. the training folds' patients are split 80:20 (split.patient_split, the run's seed);
-2. the recipe (heartbeat.recipe.RECIPE) trains for MAX_EPOCHS on the 80%, and after every epoch
+2. the recipe (heartbeat.train.recipes.heartbeat.RECIPE) trains for MAX_EPOCHS on the 80%, and after every epoch
    its recordings' balanced accuracy on the 20% is measured (never the outer validation fold);
 3. the best epoch count (ties: the fewest) is trained afresh on all training folds (a one-cycle
    schedule of that length) and scored on the outer fold.
@@ -32,7 +32,7 @@ def epoch_watcher(valid_windows: pd.DataFrame, classes: list[str]):
     import torch
     from fastai.callback.core import Callback
 
-    from heartbeat import train
+    from heartbeat.train import run as train
 
     class EpochWatcher(Callback):
         order = 90  # after the recorder's validation pass has produced predictions
@@ -62,8 +62,11 @@ def main(argv) -> int:
     spectrograms_dir, out_csv = argv
     import torch
 
-    from heartbeat import cv, recipe, split, train
-    from heartbeat.device import cpu
+    from heartbeat.report import cv
+    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train import split
+    from heartbeat.train import run as train
+    from heartbeat.train.device import cpu
 
     torch.set_num_threads(1)
     windows = train.read_spectrograms(spectrograms_dir)

@@ -1,7 +1,7 @@
 """Select the `heartbeat` recipe: 5-fold patient-grouped CV of recipe variants on SEEDS 1 AND 2 ONLY.
 
 Seeds 3-5 are the README's final table: choosing anything on them would be peeking, so this
-script refuses them. Each configuration is the recipe (heartbeat.recipe.RECIPE) with a few
+script refuses them. Each configuration is the recipe (heartbeat.train.recipes.heartbeat.RECIPE) with a few
 fields changed; each runs 10 fold trainings (5 folds x seeds 1, 2) and prints one row: mean
 +- std over the 10 runs of balanced accuracy, macro-F1, heart-problem Youden, recall per class,
 and the seconds per fold (training and validation; noisy on a shared machine).
@@ -27,7 +27,7 @@ FOLDS = 5
 THREADS = 1
 ALL = ("random_windows", "specaugment", "device_colour", "band_norm", "oversample")
 # The search started from this recipe (every lever on, classes fully balanced); each configuration
-# below changes a few of its fields. The chosen recipe (heartbeat.recipe.RECIPE) is "chosen".
+# below changes a few of its fields. The chosen recipe (heartbeat.train.recipes.heartbeat.RECIPE) is "chosen".
 FIRST = {"levers": frozenset(ALL), "balance_power": 1.0, "epochs": 12, "lr": 3e-3, "kind": "cnn1d",
          "channels": (64, 128, 128, 256), "input_pool": (1, 2)}
 
@@ -37,7 +37,7 @@ def without(*names):
 
 
 CHOSEN = {"levers": without("device_colour"), "balance_power": 0.75}
-# name -> fields of heartbeat.recipe.Recipe that differ from FIRST, in the order they were measured
+# name -> fields of heartbeat.train.recipes.heartbeat.Recipe that differ from FIRST, in the order they were measured
 CONFIGS = {
     "first": {},
     "first-all_levers+oversample": {"levers": frozenset({"oversample"})},
@@ -65,7 +65,7 @@ CONFIGS = {
 def run_figures(labels, predicted, classes: list[str]) -> dict:
     """The selection's figures of one run (recording labels and predictions): balanced accuracy, macro-F1,
     heart-problem Youden and each class's recall; scripts/ensemble_search.py and inner_epochs_search.py use it too."""
-    from heartbeat import metrics
+    from heartbeat.report import metrics
 
     figures = metrics.classification_metrics(list(labels), list(predicted), classes, majority_class="normal")
     return {"balanced_accuracy": figures["balanced_accuracy"], "macro_f1": figures["macro_f1"],
@@ -77,7 +77,9 @@ def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, 
     """The 10 fold runs of one configuration: a list of per-run figure dicts."""
     import torch
 
-    from heartbeat import cv, recipe, train
+    from heartbeat.report import cv
+    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train import run as train
 
     chosen = dataclasses.replace(recipe.RECIPE, **{**FIRST, **fields})
     rows = []
@@ -129,9 +131,10 @@ def main() -> int:
     import pandas as pd
     import torch
 
-    from heartbeat import split, train
-    from heartbeat.dataset import CLASSES
-    from heartbeat.device import cpu
+    from heartbeat.train import split
+    from heartbeat.train import run as train
+    from heartbeat.data.dataset import CLASSES
+    from heartbeat.train.device import cpu
 
     torch.set_num_threads(THREADS)
     windows = train.read_spectrograms(args.spectrograms)

@@ -48,7 +48,7 @@ def write_wav(path: Path, signal: np.ndarray, sample_rate: int, subtype: str = "
 @pytest.fixture
 def dataset_dir(tmp_path) -> Path:
     """A small Dataset-B-shaped folder with the download's file-name quirks."""
-    from heartbeat.synth import write_dataset_b
+    from heartbeat.data.synth import write_dataset_b
 
     return write_dataset_b(tmp_path / "data", n_patients=6, recordings_per_patient=(1, 2), n_unlabelled=2,
                            seconds=(1.0, 11.0), seed=3)
@@ -61,10 +61,10 @@ def trained_run(tmp_path_factory):
     Returns a dict: data (the Dataset-B-shaped folder), spectrograms, run (the run folder),
     initial_body (the network's weights as vision_learner received them, before training).
     """
-    from heartbeat import model
-    from heartbeat.spectrograms import build_spectrograms
-    from heartbeat.synth import write_dataset_b
-    from heartbeat.train import TrainSettings, train
+    from heartbeat.train import model
+    from heartbeat.data.spectrograms import build_spectrograms
+    from heartbeat.data.synth import write_dataset_b
+    from heartbeat.train.run import TrainSettings, train
 
     root = tmp_path_factory.mktemp("trained")
     data = write_dataset_b(root / "data", n_patients=10, recordings_per_patient=(2, 3), n_unlabelled=0,
@@ -81,7 +81,7 @@ def record_initial_network(patch) -> dict:
     """Patch model.resnet34_arch so the state of the network it builds is captured before any training."""
     from fastai.vision.learner import model_meta
 
-    from heartbeat import model
+    from heartbeat.train import model
 
     captured = {}
     real_arch = model.resnet34_arch

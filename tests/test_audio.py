@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import clicks, sine, write_wav
-from heartbeat import audio
+from heartbeat.data import audio
 
 SETTINGS = audio.SETTINGS
 

@@ -1,11 +1,12 @@
-"""heartbeat.augment: deterministic per seed, shapes and ranges kept, the recording put back together exactly."""
+"""heartbeat.train.augment: deterministic per seed, shapes and ranges kept, the recording put back together exactly."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from heartbeat import audio, augment
+from heartbeat.data import audio
+from heartbeat.train import augment
 
 
 def band_pixels(frames: int, seed: int = 0, sounding: int | None = None) -> np.ndarray:

@@ -379,7 +379,7 @@ def tiny_model_folder(folder: Path, graph, classes=TINY_CLASSES, info_text: str 
     """A model folder: model.json (these classes, this code's audio settings) and the graph as model.onnx."""
     import onnx
 
-    from heartbeat import audio
+    from heartbeat.data import audio
 
     folder.mkdir()
     onnx.save_model(graph, str(folder / "model.onnx"))
@@ -425,7 +425,7 @@ def test_class_names_a_data_label_could_not_have_are_refused(tmp_path, two_wavs,
 
 @pytest.mark.parametrize("name, classes", UNTRUSTED_CLASSES, ids=[case[0] for case in UNTRUSTED_CLASSES])
 def test_the_torch_side_refuses_the_same_class_names(tmp_path, name, classes):
-    from heartbeat import model as torch_model
+    from heartbeat.train import model as torch_model
 
     folder = tiny_model_folder(tmp_path / name, constant_output_model(GOOD_PROBABILITIES), classes)
 
@@ -434,7 +434,7 @@ def test_the_torch_side_refuses_the_same_class_names(tmp_path, name, classes):
 
 
 def test_a_deeply_nested_model_json_is_one_line(tmp_path, two_wavs):
-    from heartbeat import model as torch_model
+    from heartbeat.train import model as torch_model
 
     depth = 100_000
     folder = tiny_model_folder(tmp_path / "nested", constant_output_model(GOOD_PROBABILITIES),

@@ -609,7 +609,7 @@ def test_jobs_beyond_the_cap_is_refused_at_parse_time(case_root):
 
 
 def test_jobs_are_capped_at_the_cpus_and_the_recordings(case_root, monkeypatch):
-    from heartbeat import spectrograms as stage
+    from heartbeat.data import spectrograms as stage
     from heartbeat import workers
 
     pools = []
@@ -668,7 +668,7 @@ def test_write_failure_in_out_is_one_error_about_out_and_the_manifest_stays(case
     import errno
 
     from heartbeat import cli
-    from heartbeat import spectrograms as stage
+    from heartbeat.data import spectrograms as stage
 
     data, out = case_root / "data", case_root / "out"
     assert spectrograms(data, out, "--jobs", "1").returncode == 0
@@ -691,7 +691,7 @@ def test_write_failure_in_out_is_one_error_about_out_and_the_manifest_stays(case
 # ---------------------------------------------------------------- two runs into one OUT
 
 def test_run_into_an_out_another_command_is_writing_is_refused_and_changes_nothing(case_root):
-    from heartbeat.spectrograms import LOCK_NAME
+    from heartbeat.data.spectrograms import LOCK_NAME
 
     data, out = case_root / "data", case_root / "out"
     assert spectrograms(data, out, "--jobs", "1").returncode == 0

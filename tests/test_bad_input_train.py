@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from badinput import REPO, assert_one_line_error, hold_lock, run_cli, snapshot
-from heartbeat import cli, fileio, train
-from heartbeat.cv import cross_validate
-from heartbeat.train import TrainError, TrainSettings
+from heartbeat import cli, fileio
+from heartbeat.train import run as train
+from heartbeat.report.cv import cross_validate
+from heartbeat.train.run import TrainError, TrainSettings
 
 TINY = ["--no-pretrained", "--image-size", "32", "--epochs", "1", "--quiet"]  # from scratch: no weights file needed
 
@@ -33,8 +34,8 @@ def tiny_settings(weights: Path, **changes) -> TrainSettings:
 @pytest.fixture(scope="module")
 def spectrograms(tmp_path_factory) -> Path:
     """Stage 1's output for 6 synthetic patients (10 recordings, three classes)."""
-    from heartbeat.spectrograms import build_spectrograms
-    from heartbeat.synth import write_dataset_b
+    from heartbeat.data.spectrograms import build_spectrograms
+    from heartbeat.data.synth import write_dataset_b
 
     root = tmp_path_factory.mktemp("stage2")
     data = write_dataset_b(root / "data", n_patients=6, recordings_per_patient=(1, 2), seconds=(1.0, 3.0))
@@ -268,7 +269,7 @@ def test_unforeseen_file_system_error_is_one_line(command, workspace, capsys, mo
         raise OSError(28, "No space left on device", str(workspace / "out" / "model.onnx"))
 
     monkeypatch.setattr(train, "train", disk_full)
-    monkeypatch.setattr("heartbeat.cv.cross_validate", disk_full)
+    monkeypatch.setattr("heartbeat.report.cv.cross_validate", disk_full)
     code, lines = run_main(capsys, command, "--spectrograms", workspace / "spectrograms", "--out", workspace / "out", *TINY)
     assert_refused(code, lines, [workspace / "out" / "model.onnx", "No space left on device"])
 

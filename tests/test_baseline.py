@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartbeat import audio
-from heartbeat.baseline import (PERCENTILES, RHYTHM_FEATURES, classical_predictions, feature_names,
+from heartbeat.data import audio
+from heartbeat.report.baseline import (PERCENTILES, RHYTHM_FEATURES, classical_predictions, feature_names,
                                 recording_features)
-from heartbeat.cv import CLASSICAL_TITLE, classical_run, classical_verdict
-from heartbeat.metrics import classification_metrics
+from heartbeat.report.cv import CLASSICAL_TITLE, classical_run, classical_verdict
+from heartbeat.report.metrics import classification_metrics
 
 SETTINGS = audio.SETTINGS
 N_MELS, SIZE = SETTINGS.n_mels, SETTINGS.image_size
@@ -143,8 +143,8 @@ def test_the_report_says_whether_the_cnn_beats_the_classical_baseline(model_mean
 def classical_cv(trained_run, standin_weights, tmp_path_factory):
     """A tiny CV run (32 px, 1 epoch, 2 folds, one seed) on the frozen stand-in body, as test_cv's: its features are
     cached once for both folds (a from-scratch CV trained two more networks and took minutes on a busy machine)."""
-    from heartbeat.cv import cross_validate
-    from heartbeat.train import TrainSettings
+    from heartbeat.report.cv import cross_validate
+    from heartbeat.train.run import TrainSettings
 
     out = tmp_path_factory.mktemp("classical-cv") / "cv"
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)

@@ -1,4 +1,4 @@
-"""heartbeat.beats on synthesised recordings: heart rate, beats, premature beats, and no rhythm where there is none."""
+"""heartbeat.data.beats on synthesised recordings: heart rate, beats, premature beats, and no rhythm where there is none."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from heartbeat import audio
-from heartbeat.beats import Rhythm, segment
+from heartbeat.data import audio
+from heartbeat.data.beats import Rhythm, segment
 
 RATE = 4000
 
@@ -139,6 +139,6 @@ def test_the_bad_input_corpus_fails_at_reading_or_gives_finite_figures(tmp_path)
 
 
 def test_importing_beats_loads_neither_scipy_nor_torch_nor_librosa():
-    code = "import sys, heartbeat.beats; print(sorted({'scipy', 'torch', 'librosa'} & set(sys.modules)))"
+    code = "import sys, heartbeat.data.beats; print(sorted({'scipy', 'torch', 'librosa'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -25,14 +25,14 @@ def test_argument_errors_are_one_line_naming_the_flag(capsys, arguments, named):
 
 
 def test_synth_formats_are_the_layouts_the_readers_know():
-    from heartbeat import layouts
+    from heartbeat.data import layouts
 
     assert cli.SYNTH_FORMATS == layouts.FORMATS
 
 
 @pytest.mark.parametrize("layout", ["pascal-b", "pascal-a", "physionet2016", "circor2022", "folders", "csv"])
 def test_synth_format_writes_a_folder_detected_as_that_layout(tmp_path, capsys, layout):
-    from heartbeat import layouts
+    from heartbeat.data import layouts
 
     out = tmp_path / "data"
     assert cli.main(["synth", "--out", str(out), "--format", layout, "--patients", "3", "--seed", "1"]) == 0

@@ -11,11 +11,11 @@ import torch
 
 from badinput import CliResult, assert_one_line_error, snapshot
 from heartbeat import cli
-from heartbeat.cv import cross_validate, fold_splits
-from heartbeat.metrics import classification_metrics
-from heartbeat.split import leaked_patients, patient_folds
-from heartbeat.device import cpu_has_bf16
-from heartbeat.train import TrainSettings, class_balance, feature_dataloaders
+from heartbeat.report.cv import cross_validate, fold_splits
+from heartbeat.report.metrics import classification_metrics
+from heartbeat.train.split import leaked_patients, patient_folds
+from heartbeat.train.device import cpu_has_bf16
+from heartbeat.train.run import TrainSettings, class_balance, feature_dataloaders
 from test_split import dataset_like
 
 
@@ -189,7 +189,7 @@ def spy_on_the_loss(monkeypatch) -> list[tuple]:
 
 @pytest.mark.parametrize("balance", ["weights", "oversample"])
 def test_balance_is_used_in_training(balance, trained_run, standin_weights, tmp_path, monkeypatch):
-    from heartbeat.train import train
+    from heartbeat.train.run import train
 
     calls = spy_on_the_loss(monkeypatch)
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8, balance=balance)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import REAL_DATA, clicks, needs_real_data, write_wav
-from heartbeat.dataset import DatasetError, disk_name_candidates, parse_tail, read_dataset
+from heartbeat.data.dataset import DatasetError, disk_name_candidates, parse_tail, read_dataset
 
 HEADER = "dataset,fname,label,sublabel\r\n"
 
@@ -55,7 +55,7 @@ def test_synthetic_download_resolves_every_row(dataset_dir):
 
 
 def test_csv_that_already_matches_the_files(tmp_path):
-    from heartbeat.synth import write_dataset_b
+    from heartbeat.data.synth import write_dataset_b
 
     root = write_dataset_b(tmp_path / "d", n_patients=6, recordings_per_patient=(1, 1), n_unlabelled=1, csv_matches_files=True)
     assert "Btraining_" not in (root / "set_b.csv").read_text()
@@ -135,7 +135,7 @@ def test_a_csv_that_is_not_utf8_text_is_one_line(tmp_path, content, message):
 def test_a_csv_that_is_not_a_regular_file_or_too_big_is_refused_unread(tmp_path, monkeypatch):
     import os
 
-    from heartbeat import dataset
+    from heartbeat.data import dataset
 
     root = make_folder(tmp_path, rows=[], files=[])
     (root / "set_b.csv").unlink()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from heartbeat import device as devices
-from heartbeat.device import DeviceError, autocast_dtype, resolve_device
+from heartbeat.train import device as devices
+from heartbeat.train.device import DeviceError, autocast_dtype, resolve_device
 
 HEARTBEAT = Path(__file__).resolve().parents[1] / "heartbeat"
 
@@ -84,7 +84,7 @@ def test_only_the_device_module_names_a_device():
     result = subprocess.run(["grep", "-rnE", r"\.cuda\(\)|[\"'](cpu|cuda|mps)[\"']", str(HEARTBEAT), "--include=*.py"],
                             capture_output=True, text=True)
     offenders = [line for line in result.stdout.splitlines()
-                 if not line.startswith(str(HEARTBEAT / "device.py")) and not line.startswith(str(HEARTBEAT / "settings.py"))]
+                 if not line.startswith(str(HEARTBEAT / "train" / "device.py")) and not line.startswith(str(HEARTBEAT / "train" / "settings.py"))]
     assert offenders == []
 
 
@@ -93,7 +93,7 @@ def test_features_pass_runs_on_the_device_under_its_autocast(monkeypatch, tmp_pa
     import numpy as np
     from PIL import Image
 
-    from heartbeat import train
+    from heartbeat.train import run as train
 
     seen = []
 

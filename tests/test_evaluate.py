@@ -20,10 +20,11 @@ import pytest
 
 from badinput import REPO, run_cli, snapshot
 from conftest import REAL_DATA, needs_real_data
-from heartbeat import cli, layouts
-from heartbeat.evaluate import OUTPUTS, EvaluationError, evaluate
-from heartbeat.metrics import classification_metrics
-from heartbeat.synth import write_layout
+from heartbeat import cli
+from heartbeat.data import layouts
+from heartbeat.report.evaluate import OUTPUTS, EvaluationError, evaluate
+from heartbeat.report.metrics import classification_metrics
+from heartbeat.data.synth import write_layout
 
 
 def cli_main(capsys, *argv) -> tuple[int, str, str]:

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import sine
-from heartbeat import audio, explain
+from heartbeat import explain
+from heartbeat.data import audio
 from heartbeat.predict import INPUT_NAME, OUTPUT_NAME, load_predictor
 
 RATE = audio.SETTINGS.sample_rate

@@ -14,11 +14,12 @@ import os
 import pandas as pd
 import pytest
 
-from heartbeat import layouts, synth
-from heartbeat.evaluate import evaluate
-from heartbeat.metrics import classification_metrics
-from heartbeat.spectrograms import build_spectrograms, stage_item
-from heartbeat.train import TrainSettings, train
+from heartbeat.data import layouts
+from heartbeat.data import synth
+from heartbeat.report.evaluate import evaluate
+from heartbeat.report.metrics import classification_metrics
+from heartbeat.data.spectrograms import build_spectrograms, stage_item
+from heartbeat.train.run import TrainSettings, train
 
 
 def make_layout(root, format):

@@ -14,12 +14,12 @@ import soundfile
 
 from badinput import snapshot
 from conftest import clicks, write_wav
-from heartbeat import dataset
-from heartbeat.layouts import (
+from heartbeat.data import dataset
+from heartbeat.data.layouts import (
     FORMATS, LayoutError, Recording, apply_label_map, circor_label, detect_format, normal_class, parse_label_map,
     read_recordings,
 )
-from heartbeat.synth import FOLDERS_GROUP_REGEX, LAYOUT_SAMPLE_RATES, write_layout
+from heartbeat.data.synth import FOLDERS_GROUP_REGEX, LAYOUT_SAMPLE_RATES, write_layout
 
 EXPECTED = {  # format: (reason, classes, groups are patients, extra columns)
     "pascal-b": ("found set_b.csv", ["extrastole", "murmur", "normal"], True, {"sublabel", "timestamp", "position"}),
@@ -199,7 +199,7 @@ def test_parse_label_map_says_drop_is_lowercase(word):
 
 
 def test_case_clashes_name_both_labels():
-    from heartbeat.layouts import case_clashes
+    from heartbeat.data.layouts import case_clashes
 
     warnings = case_clashes(["Murmur", "extrastole", "murmur", "normal"], "DATA")
     assert len(warnings) == 1 and warnings[0].startswith("DATA: ") and "'Murmur'" in warnings[0] and "'murmur'" in warnings[0]
@@ -416,7 +416,7 @@ def test_layout_modules_do_not_import_heavy_libraries():
     import subprocess
     import sys
 
-    code = ("import sys, heartbeat.layouts, heartbeat.synth; "
+    code = ("import sys, heartbeat.data.layouts, heartbeat.data.synth; "
             "print(sorted({'torch', 'pandas', 'fastai'} & set(sys.modules)))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""heartbeat.metrics checked against scikit-learn / scipy and small hand-worked examples."""
+"""heartbeat.report.metrics checked against scikit-learn / scipy and small hand-worked examples."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from heartbeat.metrics import (
+from heartbeat.report.metrics import (
     classification_metrics,
     combine_windows,
     student_t_critical_value,
@@ -324,7 +324,7 @@ def test_student_t_critical_value_matches_scipy(df, confidence):
 
 def test_metrics_module_imports_only_light_dependencies():
     code = (
-        "import sys, heartbeat.metrics; "
+        "import sys, heartbeat.report.metrics; "
         "print(sorted(m for m in ('pandas', 'sklearn', 'matplotlib', 'scipy', 'torch') if m in sys.modules))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

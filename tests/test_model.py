@@ -1,4 +1,4 @@
-"""heartbeat.model: the lean run folder (which weights are saved) and load_model's two ways back to the network."""
+"""heartbeat.train.model: the lean run folder (which weights are saved) and load_model's two ways back to the network."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from heartbeat import model
+from heartbeat.train import model
 from heartbeat.predict import load_predictor
-from heartbeat.train import TrainSettings, train
+from heartbeat.train.run import TrainSettings, train
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,10 @@ import soundfile
 import soxr
 
 from conftest import write_wav
-from heartbeat import audio, cli, config
+from heartbeat import cli, config
+from heartbeat.data import audio
 from heartbeat.predict import INPUT_NAME, WINDOWS_PER_RUN, ModelError, Prediction, load_predictor, predict_files
-from heartbeat.synth import heartbeat_signal
+from heartbeat.data.synth import heartbeat_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_KEYS = {"file", "label", "probabilities", "windows", "model_id"}
@@ -85,7 +86,7 @@ def test_predict_matches_the_learners_validation_predictions(trained_run, capsys
 def test_predict_matches_a_features_mode_report(trained_run, standin_weights, tmp_path, capsys):
     # The default mode scores the validation side from cached body features: the report's
     # probabilities must still be the ones the exported whole network gives.
-    from heartbeat.train import TrainSettings, train
+    from heartbeat.train.run import TrainSettings, train
 
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
@@ -97,7 +98,7 @@ def test_predict_matches_a_features_mode_report(trained_run, standin_weights, tm
 def test_onnx_graph_matches_the_trained_torch_network(trained_run):
     import torch
 
-    from heartbeat import model
+    from heartbeat.train import model
 
     network, info = model.load_model(trained_run["run"])
     size = info["image_size"]
@@ -109,7 +110,8 @@ def test_onnx_graph_matches_the_trained_torch_network(trained_run):
 
 
 def test_file_names_agree_with_the_model_module():
-    from heartbeat import model, predict
+    from heartbeat import predict
+    from heartbeat.train import model
 
     assert (predict.MODEL_FILE, predict.ONNX_FILE) == (model.MODEL_FILE, model.ONNX_FILE)
 
@@ -409,7 +411,7 @@ class _CreatesMarker:
 
 
 def test_a_planted_pickle_is_never_unpickled(trained_run, tmp_path, good_wav, capsys):
-    from heartbeat import model
+    from heartbeat.train import model
 
     marker = tmp_path / "pickle-ran"
     payload = pickle.dumps(_CreatesMarker(marker))

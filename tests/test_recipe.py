@@ -1,4 +1,4 @@
-"""heartbeat.recipe and heartbeat.nets: the `heartbeat` recipe's fit on a few synthetic windows (seconds).
+"""heartbeat.train.recipes.heartbeat and heartbeat.train.nets: the `heartbeat` recipe's fit on a few synthetic windows (seconds).
 
 Validation windows are never augmented and are scored as predict scores them (the exported ONNX
 model on stage 1's images, within 1e-4); a fit repeats exactly per seed; the native input is exact.
@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from heartbeat import audio, model, nets, recipe
+from heartbeat.data import audio
+from heartbeat.train import model
+from heartbeat.train import nets
+from heartbeat.train.recipes import heartbeat as recipe
 
 CLASSES = ["extrastole", "murmur", "normal"]
 # A tiny network, two short epochs, every lever on: what is tested is the plumbing, not what it learns.

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from heartbeat import cli, runfolder
-from heartbeat.settings import NOT_APPLICABLE, TrainSettings, resolved
+from heartbeat import cli
+from heartbeat.train import runfolder
+from heartbeat.train.settings import NOT_APPLICABLE, TrainSettings, resolved
 
 FIELDS = {field.name: field for field in dataclasses.fields(TrainSettings)}
 
@@ -91,8 +92,8 @@ def test_combinations_that_do_something_are_accepted():
 
 
 def test_stage1_image_size_is_the_audio_settings():
-    from heartbeat import audio
-    from heartbeat.settings import STAGE1_IMAGE_SIZE
+    from heartbeat.data import audio
+    from heartbeat.train.settings import STAGE1_IMAGE_SIZE
 
     assert STAGE1_IMAGE_SIZE == audio.SETTINGS.image_size
 
@@ -106,8 +107,8 @@ def test_levers_flag_takes_known_names_in_one_order(capsys):
 
 
 def test_effective_settings_fill_in_the_recipes_own_values():
-    from heartbeat.recipe import LEVERS, RECIPE
-    from heartbeat.settings import LEVERS as LEVER_NAMES
+    from heartbeat.train.recipes.heartbeat import LEVERS, RECIPE
+    from heartbeat.train.settings import LEVERS as LEVER_NAMES
 
     assert tuple(LEVERS) == LEVER_NAMES  # the flag's names are the recipe's
     published = TrainSettings().effective()
@@ -144,7 +145,9 @@ def test_resolved_settings_say_what_ran():
 
 
 def test_report_and_predict_read_the_names_training_writes():
-    from heartbeat import model, predict, report
+    from heartbeat import predict
+    from heartbeat.train import model
+    from heartbeat.report import run_report as report
 
     assert (report.CONFIG_FILE, report.PREDICTIONS_FILE, report.EPOCH_LOG_FILE, report.METRICS_FILE, report.REPORT_FILE,
             report.LR_FIND_CSV, report.LR_FIND_PNG) == (

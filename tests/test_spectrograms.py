@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_DATA, needs_real_data
-from heartbeat import audio, cli, spectrograms
+from heartbeat import cli
+from heartbeat.data import audio
+from heartbeat.data import spectrograms
 from heartbeat.fileio import atomic_path
-from heartbeat.spectrograms import MANIFEST_COLUMNS, build_spectrograms
+from heartbeat.data.spectrograms import MANIFEST_COLUMNS, build_spectrograms
 
 
 def manifest(out):
@@ -161,7 +163,7 @@ def test_real_data_a_few_recordings(tmp_path):
     lines = (REAL_DATA / "set_b.csv").read_text().splitlines()
     keep = [lines[0], lines[1], lines[60], lines[200], lines[450]]
     (data / "set_b.csv").write_text("\r\n".join(keep) + "\r\n")
-    from heartbeat.dataset import disk_name_candidates
+    from heartbeat.data.dataset import disk_name_candidates
 
     for line in keep[1:]:
         _, fname, label, sublabel = line.split(",")

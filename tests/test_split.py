@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartbeat.split import leaked_patients, make_split
+from heartbeat.train.split import leaked_patients, make_split
 
 
 def dataset_like(seed=0, n_patients=165):

@@ -1,4 +1,4 @@
-"""Tests for heartbeat.synth: the synthetic Dataset B folders the other tests and the demo use."""
+"""Tests for heartbeat.data.synth: the synthetic Dataset B folders the other tests and the demo use."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from scipy.signal import find_peaks
 
-from heartbeat.synth import CLASSES, SAMPLE_RATE, heartbeat_signal, write_dataset_b
+from heartbeat.data.synth import CLASSES, SAMPLE_RATE, heartbeat_signal, write_dataset_b
 
 HEADER = "dataset,fname,label,sublabel"
 TAIL = re.compile(r"^(?P<patient>\d+)_(?P<timestamp>\d+)_(?P<position>[A-D]\d*)\.wav$")
@@ -254,7 +254,7 @@ def test_extrastole_beats_are_irregular_and_normal_beats_are_not():
 
 
 def test_module_imports_only_numpy_and_soundfile():
-    code = ("import sys, heartbeat.synth; "
+    code = ("import sys, heartbeat.data.synth; "
             "print(sorted(m for m in ('scipy', 'torch', 'librosa', 'fastai', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

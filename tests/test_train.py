@@ -18,9 +18,11 @@ import torch
 
 from badinput import REPO, CliResult, assert_one_line_error
 from conftest import record_initial_network
-from heartbeat import cli, model, split
-from heartbeat.device import cpu_has_bf16
-from heartbeat.train import TrainError, TrainSettings, read_spectrograms, train
+from heartbeat import cli
+from heartbeat.train import model
+from heartbeat.train import split
+from heartbeat.train.device import cpu_has_bf16
+from heartbeat.train.run import TrainError, TrainSettings, read_spectrograms, train
 
 BODY_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
@@ -46,7 +48,8 @@ def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]
     """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
     from PIL import Image
 
-    from heartbeat import audio, metrics
+    from heartbeat.data import audio
+    from heartbeat.report import metrics
 
     network, info = model.load_model(run)  # safetensors + JSON: nothing is unpickled
     classifier = model.Classifier(network).eval()
@@ -168,7 +171,8 @@ def test_report_command_recomputes_the_same_metrics(trained_run, tmp_path, capsy
 
 
 def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_weights, tmp_path, monkeypatch):
-    from heartbeat import augment, recipe
+    from heartbeat.train import augment
+    from heartbeat.train.recipes import heartbeat as recipe
 
     initial = record_initial_network(monkeypatch)
 
@@ -194,7 +198,7 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
 
 def test_published_finetune_with_augmentation_levers_augments_training_images_only(trained_run, standin_weights,
                                                                                      tmp_path, monkeypatch):
-    from heartbeat import recipe
+    from heartbeat.train.recipes import heartbeat as recipe
 
     seen = []
     original = recipe.augmented
@@ -241,8 +245,9 @@ def test_published_band_norm_run_is_predicted_as_its_report(trained_run, standin
 
 
 def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
-    from heartbeat import nets, predict
-    from heartbeat.recipe import RECIPE
+    from heartbeat import predict
+    from heartbeat.train import nets
+    from heartbeat.train.recipes.heartbeat import RECIPE
 
     settings = TrainSettings(recipe="heartbeat", epochs=1, batch_size=8, seed=1)
     result = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
@@ -300,7 +305,7 @@ def test_bad_inputs_to_train(trained_run, tmp_path, capsys):
 
 
 def test_spectrograms_made_with_other_audio_settings_are_refused(trained_run, tmp_path, capsys):
-    from heartbeat.spectrograms import SETTINGS_NAME
+    from heartbeat.data.spectrograms import SETTINGS_NAME
 
     spectrograms = tmp_path / "spectrograms"
     shutil.copytree(trained_run["spectrograms"], spectrograms, ignore=shutil.ignore_patterns("features"))
@@ -485,7 +490,7 @@ def test_lr_find_without_a_curve_gives_no_suggestion():
     # fastai's valley() fails on an empty curve (the loss diverged within the finder's first steps)
     from types import SimpleNamespace
 
-    from heartbeat.train import find_lr
+    from heartbeat.train.run import find_lr
 
     def diverged(show_plot):
         raise IndexError("index 0 is out of bounds for dimension 0 with size 0")

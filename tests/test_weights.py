@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from heartbeat import cli, weights
-from heartbeat.weights import WeightsError, load_pretrained_state
+from heartbeat import cli
+from heartbeat.train import weights
+from heartbeat.train.weights import WeightsError, load_pretrained_state
 
 IMAGENET_FILE = "resnet34-b627a593.pth"  # torchvision's IMAGENET1K_V1 file name, as its URL ends
 
@@ -228,8 +229,8 @@ def test_a_resnet34_with_another_classifier_is_accepted(tmp_path, standin_weight
 
 
 def test_train_offline_with_an_empty_cache_stops_before_training(torch_home, network, tmp_path, capsys):
-    from heartbeat.spectrograms import build_spectrograms
-    from heartbeat.synth import write_dataset_b
+    from heartbeat.data.spectrograms import build_spectrograms
+    from heartbeat.data.synth import write_dataset_b
 
     data = write_dataset_b(tmp_path / "data", n_patients=6, recordings_per_patient=(1, 1), n_unlabelled=0,
                            seconds=(1.0, 2.0), class_weights=(0.34, 0.33, 0.33), seed=1)

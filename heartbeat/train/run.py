@@ -6,7 +6,7 @@
 - fit: the network with its frozen body, the learning-rate finder, one-cycle training, an
   optional unfrozen second stage, the validation windows' probabilities;
 - write the run: predictions per recording, the network (torch weights and ONNX), config.json
-  with the settings that ran, the report. heartbeat.runfolder owns the folder's layout.
+  with the settings that ran, the report. heartbeat.train.runfolder owns the folder's layout.
 
 Three training modes, the same network and the same fastai calls:
 - "features" (default): the frozen body, BatchNorm statistics included, never changes and
@@ -18,7 +18,7 @@ Three training modes, the same network and the same fastai calls:
   every batch runs the whole network forwards and backwards.
 - "scratch" (--no-pretrained): a frozen random body is meaningless, so the whole network is
   trained (on images, as in "finetune" mode but unfrozen).
-Everything runs on --device (heartbeat.device); the ONNX export runs on a CPU copy.
+Everything runs on --device (heartbeat.train.device); the ONNX export runs on a CPU copy.
 """
 
 from __future__ import annotations
@@ -41,13 +41,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heartbeat import audio, layouts, metrics, model, report, runfolder, split
-from heartbeat import device as devices
+from heartbeat.data import audio
+from heartbeat.data import layouts
+from heartbeat.report import metrics
+from heartbeat.train import model
+from heartbeat.report import run_report as report
+from heartbeat.train import runfolder
+from heartbeat.train import split
+from heartbeat.train import device as devices
 from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, atomic_write_text, entry_kind,
                               exclusive_lock, remove_dead_leftovers)
-from heartbeat.progress import on_terminal, show_training
-from heartbeat.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
-from heartbeat.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
+from heartbeat.train.progress import on_terminal, show_training
+from heartbeat.train.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
+from heartbeat.data.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 from heartbeat.text import spreadsheet_frame
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
@@ -65,7 +71,7 @@ TRAINING_MODES = {  # the resolved mode -> what config.json and the report say o
     "finetune": "finetune: frozen body with trainable BatchNorm (fastai default), head trained on images",
     "scratch": "scratch: whole network trained on images from random weights (no pretrained body to freeze)",
     "heartbeat": "heartbeat recipe: a small CNN on the native 128 mel bands, trained from scratch on augmented "
-                 "random windows (heartbeat.recipe)",
+                 "random windows (heartbeat.train.recipes.heartbeat)",
 }
 
 
@@ -336,7 +342,7 @@ def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: li
     band_norm, augmentations = settings.input_band_norm(), settings.augmentation_levers()  # once, not per image
     augmented_image = None
     if augmentations:
-        from heartbeat import recipe
+        from heartbeat.train.recipes import heartbeat as recipe
 
         augmented_image = recipe.image_augmenter(spectrograms_dir, windows[~windows["is_valid"]], augmentations,
                                                  settings.image_size, settings.seed, band_norm=band_norm)
@@ -507,8 +513,8 @@ def fit(study: Study, plan: Plan, sources: Sources, *, scratch_dir: Path, progre
 
 
 def fit_recipe(study: Study, plan: Plan, sources: Sources, progress: bool) -> Fit:
-    """The heartbeat recipe (heartbeat.recipe) with the run's levers, epochs, batch size and rate."""
-    from heartbeat import recipe as recipes
+    """The heartbeat recipe (heartbeat.train.recipes.heartbeat) with the run's levers, epochs, batch size and rate."""
+    from heartbeat.train.recipes import heartbeat as recipes
 
     settings = plan.settings
     chosen = dataclasses.replace(recipes.RECIPE.with_levers(settings.lever_names()), epochs=settings.epochs,
@@ -633,7 +639,7 @@ def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan:
 
 def save_network(work_dir: Path, run_name: str, network, classes: list[str], plan: Plan, body_digest: str | None) -> None:
     """Torch weights where training changed them (model.save_model), model.json, and the ONNX export for predict."""
-    from heartbeat import nets
+    from heartbeat.train import nets
 
     image_size = plan.settings.image_size
     arch = nets.model_info(network) if isinstance(network, nets.HeartNet) else {"arch": "resnet34"}

@@ -1,6 +1,6 @@
 """Evaluate: run a trained model on another labelled collection and write its report.
 
-`heartbeat evaluate --model RUN --data DIR --out OUT` reads DIR in any layout (heartbeat.layouts),
+`heartbeat evaluate --model RUN --data DIR --out OUT` reads DIR in any layout (heartbeat.data.layouts),
 runs every labelled recording whose label is one of the model's classes through the predict path
 (predict.predict_files: the training windows, the mean of window probabilities, ONNX, no torch),
 and writes into OUT the run report's files for that set: predictions.csv, metrics.json (the keys
@@ -31,9 +31,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from heartbeat import audio, layouts
+from heartbeat.data import audio
+from heartbeat.data import layouts
 from heartbeat.fileio import entry_kind, is_inside, remove_dead_leftovers
-from heartbeat.metrics import classification_metrics
+from heartbeat.report.metrics import classification_metrics
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
 from heartbeat.text import printable, spreadsheet_cell
 
@@ -200,7 +201,7 @@ def majority_class(labels: list[str], classes: list[str]) -> str:
 
 def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure]) -> tuple[dict[str, bytes], dict]:
     """{file name: bytes} for every one of OUTPUTS, and the metrics (as metrics.json)."""
-    from heartbeat.report import json_bytes, plain, png_bytes, confusion_matrix_figure
+    from heartbeat.report.run_report import json_bytes, plain, png_bytes, confusion_matrix_figure
 
     classes = plan.predictor.classes
     labels = [recording.label for recording, _ in predictions]
@@ -269,7 +270,7 @@ def predictions_csv(predictions: list, classes: list[str]) -> str:
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
     """Stage every file in OUT and rename them only once all are staged (a failure leaves OUT as it was)."""
-    from heartbeat.report import write_all
+    from heartbeat.report.run_report import write_all
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +290,7 @@ def _text(value) -> str:
 
 def render_markdown(metrics: dict) -> str:
     """report.md: the model, the data, the counts, every figure beside the majority baseline, the confusion matrix."""
-    from heartbeat.report import format_number, markdown_table, markdown_text
+    from heartbeat.report.run_report import format_number, markdown_table, markdown_text
 
     context = metrics["context"]
     baseline = metrics["majority_baseline"]

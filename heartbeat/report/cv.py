@@ -1,10 +1,10 @@
 """Cross-validation: the spread that one split cannot show.
 
 461 recordings are too few for one validation split to say much. `cross_validate` trains one
-run per fold with `heartbeat.train.train` and the same settings (the frozen body's outputs
+run per fold with `heartbeat.train.run.train` and the same settings (the frozen body's outputs
 are cached, so they are computed once for all folds), collects every out-of-fold prediction
 and summarises each figure over folds (mean, standard deviation, 95 % t-interval) beside the
-majority baseline's and the classical baseline's (heartbeat.baseline: log-mel band statistics
+majority baseline's and the classical baseline's (heartbeat.report.baseline: log-mel band statistics
 and logistic regression, fit on the same training recordings of every run).
 
 Protocols:
@@ -24,17 +24,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heartbeat import layouts, split
-from heartbeat.baseline import classical_predictions, recording_features
-from heartbeat.device import resolve_device
+from heartbeat.data import layouts
+from heartbeat.train import split
+from heartbeat.report.baseline import classical_predictions, recording_features
+from heartbeat.train.device import resolve_device
 from heartbeat.fileio import (atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock,
                               remove_dead_leftovers)
-from heartbeat.metrics import classification_metrics, summarise_folds
-from heartbeat.report import heart_problem_sentence, markdown_text, plot_cv_folds, recording_groups_sentence
-from heartbeat.runfolder import prepare_output_folder
-from heartbeat.spectrograms import MANIFEST_NAME
+from heartbeat.report.metrics import classification_metrics, summarise_folds
+from heartbeat.report.run_report import heart_problem_sentence, markdown_text, plot_cv_folds, recording_groups_sentence
+from heartbeat.train.runfolder import prepare_output_folder
+from heartbeat.data.spectrograms import MANIFEST_NAME
 from heartbeat.text import spreadsheet_frame
-from heartbeat.train import (TrainError, TrainSettings, feature_cache_dir, read_dataset, read_spectrograms, train,
+from heartbeat.train.run import (TrainError, TrainSettings, feature_cache_dir, read_dataset, read_spectrograms, train,
                              uses_feature_cache)
 
 SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
@@ -176,7 +177,7 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
     atomic_write_json(work_dir / "summary.json", summary)
     matrix = pooled["confusion_matrix"]["matrix"]
     atomic_write_json(work_dir / "confusion_matrix.json", {"classes": classes, "matrix": matrix, "protocol": protocol})
-    from heartbeat.report import plot_confusion_matrix
+    from heartbeat.report.run_report import plot_confusion_matrix
 
     plot_confusion_matrix(matrix, classes, f"All out-of-fold predictions ({len(oof)}), {_protocol_name(protocol)}",
                           work_dir / "confusion_matrix.png")

@@ -2,7 +2,7 @@
 
 Pretrained weights come from a file the user names, or from torchvision's hub cache (TORCH_HOME),
 where they are downloaded as torchvision does (hash checked) unless --offline or HEARTBEAT_OFFLINE=1
-forbids it; heartbeat.weights does that, and reads every weights file without unpickling objects.
+forbids it; heartbeat.train.weights does that, and reads every weights file without unpickling objects.
 When they cannot be had, WeightsError says which file is expected and how to get it.
 
 A run keeps one full copy of its network, the ONNX export that the torch-free predict command
@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from heartbeat import layouts, nets
+from heartbeat.data import layouts
+from heartbeat.train import nets
 
-# Where pretrained weights come from: heartbeat.weights (named here too, as train and cli use them through this module).
-from heartbeat.weights import WeightsError, imagenet_weights_path, load_pretrained_state  # noqa: F401
+# Where pretrained weights come from: heartbeat.train.weights (named here too, as train and cli use them through this module).
+from heartbeat.train.weights import WeightsError, imagenet_weights_path, load_pretrained_state  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, what the body was trained on
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,7 +66,7 @@ def resnet34_arch(state: dict | None):
 
 
 def build_model(n_classes: int, arch: str = "resnet34", net: dict | None = None) -> nn.Module:
-    """The trained network's architecture, untrained: model.json's "arch" (and, for heartbeat.nets', its "net").
+    """The trained network's architecture, untrained: model.json's "arch" (and, for heartbeat.train.nets', its "net").
 
     "resnet34": ResNet-34 body + fastai's default head; nets.ARCH: the `heartbeat` recipe's network.
     """
@@ -143,7 +144,7 @@ def load_model(run_dir: Path, *, pretrained_state: dict | None = None) -> tuple[
     A run that trained its body has the whole network saved. A features-mode run has its head
     saved, and the body is rebuilt from the pretrained state: `pretrained_state` if given, else
     the weights the run was trained with (config.json's --weights file, or the torch hub cache
-    through heartbeat.weights). Its digest must be the one model.json records. ModelError
+    through heartbeat.train.weights). Its digest must be the one model.json records. ModelError
     (one line, naming the file) when anything is missing or does not match.
     """
     run_dir = Path(run_dir)

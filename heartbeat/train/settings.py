@@ -24,7 +24,7 @@ STAGE1_IMAGE_SIZE = 512  # audio.SETTINGS.image_size, the spectrograms' size (no
 RECIPES = ("published", "heartbeat")
 PUBLISHED_EPOCHS = 5  # the published recipe's one-cycle epochs
 PUBLISHED_BATCH_SIZE = 4  # and its batch size
-# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat.recipe.LEVERS says what each
+# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat.train.recipes.heartbeat.LEVERS says what each
 # does; a test checks the two lists agree); the recipe's own choice is recipe.DEFAULT_LEVERS.
 LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_colour")
 # The levers that augment training windows: they also apply to the published recipe wherever it trains on images
@@ -99,7 +99,7 @@ def fraction(text: str) -> float:
 
 def label_map_text(text: str) -> str:
     """--label-map: `old=new,old2=drop`, checked now (the mapping itself is parsed where labels are read)."""
-    from heartbeat.layouts import LayoutError, parse_label_map  # standard library only
+    from heartbeat.data.layouts import LayoutError, parse_label_map  # standard library only
 
     if not text:  # the default: no map
         return text
@@ -160,7 +160,7 @@ class TrainSettings:
                                     "as published)", type=fraction)
     seed: int = setting(42, "--seed", f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)",
                         type=seed_number)
-    # "published": the study's ResNet-34 recipe; "heartbeat": heartbeat.recipe's small CNN (README "Model quality")
+    # "published": the study's ResNet-34 recipe; "heartbeat": heartbeat.train.recipes.heartbeat's small CNN (README "Model quality")
     recipe: str = setting("published", "--recipe", "published: the study's ResNet-34 with lr_find and one-cycle "
                           "(default); heartbeat: a small CNN on the native 128 mel bands, trained from scratch with "
                           "random windows and augmentation (the README's 'Model quality' section)", choices=RECIPES)
@@ -169,7 +169,7 @@ class TrainSettings:
                           f"the published recipe, which takes band_norm, and the augmentations "
                           f"({', '.join(IMAGE_LEVERS)}) with --mode finetune or --no-pretrained (README 'Model "
                           "quality')", type=lever_list, metavar="LIST")
-    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.recipe.RECIPE's)
+    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.train.recipes.heartbeat.RECIPE's)
     epochs: int | None = setting(None, "--epochs", f"one-cycle epochs (default: the recipe's; {PUBLISHED_EPOCHS} in the "
                                  "published one, as published)", type=positive_int)
     batch_size: int | None = setting(None, "--bs", f"batch size (default: the recipe's; {PUBLISHED_BATCH_SIZE} in the "
@@ -228,7 +228,7 @@ class TrainSettings:
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"--levers: {error}") from None
         if self.label_map:
-            from heartbeat.layouts import parse_label_map
+            from heartbeat.data.layouts import parse_label_map
 
             parse_label_map(self.label_map)  # LayoutError, a ValueError naming --label-map
         if not _is_plain_name(self.name):  # part of a folder's name, never a path
@@ -295,7 +295,7 @@ class TrainSettings:
         if self.recipe == "published":
             return dataclasses.replace(self, epochs=self.epochs or PUBLISHED_EPOCHS,
                                        batch_size=self.batch_size or PUBLISHED_BATCH_SIZE)
-        from heartbeat.recipe import RECIPE  # torch: only once a run starts
+        from heartbeat.train.recipes.heartbeat import RECIPE  # torch: only once a run starts
 
         chosen = ",".join(name for name in LEVERS if name in RECIPE.levers)
         levers = chosen if self.levers == DEFAULT_LEVERS else self.levers

@@ -35,10 +35,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from heartbeat import layouts
+from heartbeat.data import layouts
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
-from heartbeat.metrics import classification_metrics
-from heartbeat.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
+from heartbeat.report.metrics import classification_metrics
+from heartbeat.data.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
 from heartbeat.text import from_spreadsheet_cell, printable
 
 METRICS_FILE = "metrics.json"

@@ -4,7 +4,7 @@ Each public collection lays out its files and labels its own way. One reader per
 a data folder into a list of `Recording`s (path, label or None, group, source, the layout's own
 extra columns), so the stages need not know which collection they run on:
 
-- pascal-b       PASCAL 2011 Dataset B: `set_b.csv` + `set_b/`, read by heartbeat.dataset
+- pascal-b       PASCAL 2011 Dataset B: `set_b.csv` + `set_b/`, read by heartbeat.data.dataset
                  (the download's name quirks, the patient id from the file name). Group: patient.
 - pascal-a       PASCAL 2011 Dataset A (iStethoscope, 44.1 kHz): `set_a.csv` + `set_a/`; names
                  matched exactly. Group: the recording (no patient is given).
@@ -25,7 +25,7 @@ data folder (`..`, absolute paths, symbolic links pointing out are refused). Hid
 folders (`.DS_Store`, macOS's `._name.wav` copies, `.ipynb_checkpoints/`) are not recordings
 and are skipped wherever a reader lists a folder.
 
-Only the standard library and heartbeat.dataset are imported: the stages and predict import
+Only the standard library and heartbeat.data.dataset are imported: the stages and predict import
 this module, and must stay quick to start.
 """
 
@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from heartbeat import dataset
+from heartbeat.data import dataset
 
 FORMATS = ("pascal-b", "pascal-a", "physionet2016", "circor2022", "folders", "csv")
 AUDIO_SUFFIX = ".wav"  # every supported collection ships WAV files
@@ -207,7 +207,7 @@ def first_label_problem(labels) -> str | None:
 # ---------------------------------------------------------------- pascal-b
 
 def read_pascal_b(data_dir: str | os.PathLike) -> list[Recording]:
-    """Dataset B through heartbeat.dataset.read_dataset, unchanged; group = the patient id."""
+    """Dataset B through heartbeat.data.dataset.read_dataset, unchanged; group = the patient id."""
     root = _data_folder(data_dir)
     csv_path = root / dataset.CSV_NAME
     try:

@@ -12,7 +12,7 @@ A waveform gain is no augmentation here: every image is in dB relative to its ow
 peak, so multiplying the sound by any gain gives the same pixels. What a level change can do
 is move the 80 dB floor, which `level_shift` does.
 
-Only numpy (and heartbeat.audio for the band frequencies) is imported.
+Only numpy (and heartbeat.data.audio for the band frequencies) is imported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-from heartbeat import audio
+from heartbeat.data import audio
 
 PIXELS_PER_DB = 255.0 / audio.SETTINGS.top_db  # the image's dB scale (3.19 pixel values per dB)
 DB_TO_LN = np.float32(np.log(10.0) / 10.0)  # power = exp(dB * DB_TO_LN): float32 exp/log, faster than 10 ** x

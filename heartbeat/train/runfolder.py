@@ -22,7 +22,7 @@ from typing import Iterator
 
 from heartbeat import config
 from heartbeat.fileio import remove_dead_leftovers
-from heartbeat.settings import TrainError
+from heartbeat.train.settings import TrainError
 
 CONFIG_FILE = "config.json"  # the resolved settings, classes, majority class, device, versions
 SPLIT_FILE = "split.csv"  # recording, patient_id, label, split (train/valid)

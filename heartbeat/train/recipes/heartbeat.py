@@ -3,7 +3,7 @@
 `fit_heartbeat` trains on the training windows (is_valid False) and scores the validation
 windows, with fastai's Learner and fit_one_cycle (the project's training loop) over our own
 datasets: training windows are drawn (optionally oversampled) and augmented each epoch
-(heartbeat.augment); validation windows are stage 1's fixed windows, never augmented, scored in
+(heartbeat.train.augment); validation windows are stage 1's fixed windows, never augmented, scored in
 fp32 as predict's ONNX export runs them.
 
 `Recipe` holds every hyperparameter with the measured reason for its value; its `levers` are
@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heartbeat import audio, augment, nets
-from heartbeat.progress import show_training
-from heartbeat.settings import TrainError
+from heartbeat.data import audio
+from heartbeat.train import augment
+from heartbeat.train import nets
+from heartbeat.train.progress import show_training
+from heartbeat.train.settings import TrainError
 
 # The parts of the recipe that can be switched on and off one at a time (the ablation's rows).
 LEVERS = {
@@ -296,7 +298,7 @@ def fit_heartbeat(windows: pd.DataFrame, classes: list[str], spectrograms_dir: P
     from fastai.metrics import error_rate
     from fastai.torch_core import set_seed
 
-    from heartbeat import device as devices
+    from heartbeat.train import device as devices
 
     windows = windows.reset_index(drop=True)
     is_valid = windows["is_valid"].to_numpy(bool)

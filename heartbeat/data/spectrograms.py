@@ -1,6 +1,6 @@
 """Stage 1: every recording of a heart-sound collection becomes one or more 512x512 mel-spectrogram PNGs.
 
-The collection is read by heartbeat.layouts in any of its layouts (Dataset B's set_b.csv by
+The collection is read by heartbeat.data.layouts in any of its layouts (Dataset B's set_b.csv by
 default in the Makefile; `--format auto` detects it). Output folder:
     manifest.csv          one row per image (see MANIFEST_COLUMNS), what training reads
     audio_settings.json   the AudioSettings the images were made with
@@ -43,7 +43,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from heartbeat import audio, layouts
+from heartbeat.data import audio
+from heartbeat.data import layouts
 from heartbeat.fileio import (TEMP_NAME, FolderBusy, atomic_write_bytes, entry_kind, exclusive_lock, is_inside,
                               remove_dead_leftovers)
 from heartbeat.workers import worker_count

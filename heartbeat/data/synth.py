@@ -12,7 +12,7 @@ classes apart in a mel spectrogram:
 - extrastole: the normal rhythm with premature beats (early S1/S2 pair, then a
   compensatory pause, louder S1), one every 2-3 beats so every 5 s image window holds one.
 
-`write_layout(root, format)` writes a small folder in any layout heartbeat.layouts reads
+`write_layout(root, format)` writes a small folder in any layout heartbeat.data.layouts reads
 (Dataset A, PhysioNet 2016, CirCor 2022, class folders, labels.csv), each with its quirks.
 
 Everything is drawn from seeded numpy generators: the same seed gives byte-identical files.
@@ -346,7 +346,7 @@ def _ensure_noisy_and_clean(recordings: list[_Recording], rng: np.random.Generat
                 labelled[int(rng.integers(len(labelled)))].noisy = want
 
 
-# ---------------------------------------------------------------- the other layouts (heartbeat.layouts)
+# ---------------------------------------------------------------- the other layouts (heartbeat.data.layouts)
 
 # Each collection's native sample rate, so that every reader and stage 1 meet them all:
 # Dataset A's iStethoscope app records at 44.1 kHz, PhysioNet 2016 is stored at 2 kHz,
@@ -420,7 +420,7 @@ class _Planned:
 
 def write_layout(out_dir, format: str, *, seed: int = 0, n_patients: int = 6,
                  recordings_per_patient: tuple[int, int] = (1, 3), seconds: tuple[float, float] = (2.0, 4.0)) -> Path:
-    """Write a small synthetic data folder in one of heartbeat.layouts.FORMATS; return out_dir.
+    """Write a small synthetic data folder in one of heartbeat.data.layouts.FORMATS; return out_dir.
 
     `n_patients` people, each with one class and a number of recordings drawn from the inclusive
     range `recordings_per_patient` (layouts that name no patient simply do not say whose a
@@ -506,7 +506,7 @@ def _csv_text(rows: list[list[str]], line_end: str = "\n") -> str:
 def _plan_pascal_a(n_patients, recordings_per_patient, seconds, sample_rate, rng):
     import datetime
 
-    from heartbeat.layouts import PASCAL_A_AUDIO, PASCAL_A_CLASSES, PASCAL_A_CSV
+    from heartbeat.data.layouts import PASCAL_A_AUDIO, PASCAL_A_CLASSES, PASCAL_A_CSV
 
     labelled = [(kind, bpm) for kind, count, bpm in _people(n_patients, PASCAL_A_CLASSES, recordings_per_patient, rng)
                 for _ in range(count)]
@@ -527,7 +527,7 @@ def _plan_pascal_a(n_patients, recordings_per_patient, seconds, sample_rate, rng
 
 
 def _plan_physionet2016(n_patients, recordings_per_patient, seconds, sample_rate, rng):
-    from heartbeat.layouts import PHYSIONET_REFERENCE
+    from heartbeat.data.layouts import PHYSIONET_REFERENCE
 
     by_subset: dict[str, list[tuple[str, str, float]]] = {"a": [], "b": []}
     people = _people(n_patients, ("normal",), recordings_per_patient, rng)
@@ -559,7 +559,7 @@ def _plan_physionet2016(n_patients, recordings_per_patient, seconds, sample_rate
 
 
 def _plan_circor2022(n_patients, recordings_per_patient, seconds, sample_rate, rng):
-    from heartbeat.layouts import CIRCOR_AUDIO, CIRCOR_CSV
+    from heartbeat.data.layouts import CIRCOR_AUDIO, CIRCOR_CSV
 
     people = _people(n_patients, ("Present", "Absent", "Unknown"), recordings_per_patient, rng)
     ids = np.sort(rng.choice(np.arange(2530, 85350), size=n_patients, replace=False))
@@ -613,7 +613,7 @@ def _plan_folders(n_patients, recordings_per_patient, seconds, sample_rate, rng)
 
 
 def _plan_csv(n_patients, recordings_per_patient, seconds, sample_rate, rng):
-    from heartbeat.layouts import LABELS_CSV
+    from heartbeat.data.layouts import LABELS_CSV
 
     planned, rows = [], [["file", "label", "patient"]]
     for i, (kind, count, bpm) in enumerate(_people(n_patients, tuple(sorted(CLASSES)), recordings_per_patient, rng)):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heartbeat.audio import SETTINGS
+from heartbeat.data.audio import SETTINGS
 
 # ---------------------------------------------------------------- settings (why each value)
 

@@ -1,0 +1,1 @@
+"""One module per training recipe, each with fit(study, plan, sources) -> Fit."""
