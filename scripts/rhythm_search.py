@@ -1,0 +1,173 @@
+"""Do rhythm features help the heartbeat recipe? A selection on SEEDS 1 AND 2 ONLY (never 3-5).
+
+    .venv/bin/python scripts/rhythm_search.py --data DATA --spectrograms S --cv D [--out runs.csv]
+
+D is `heartbeat cv --spectrograms S --out D --folds 5 --seeds 1,2 --recipe heartbeat`; its oof.csv
+holds the CNN's out-of-fold probabilities. For every seed and fold of that CV (the script rebuilds
+the folds with heartbeat.cv.fold_splits and checks that oof.csv used the same ones), it scores on
+the fold's validation recordings:
+
+- cnn: the recipe's CNN alone (oof.csv's prediction);
+- rhythm: heartbeat.rhythm's features alone, scaled logistic regression fit on the training folds;
+- stack-cnn: a small logistic regression on the CNN's log-probabilities alone (the control: a
+  recalibration of the CNN, no rhythm);
+- stack-cnn+rhythm: the same with the rhythm features added;
+- classical and majority baselines (oof.csv's, fit on the same folds by `heartbeat cv`).
+
+The stackers of fold k are fit on the OTHER folds' out-of-fold rows of the same seed and applied to
+fold k's out-of-fold probabilities. Every probability a stacker sees, in fitting or in scoring, is
+out-of-fold: it comes from a CNN that never trained on that recording (nor its patient). What fold
+k's labels can reach is only second-order: the fold-j CNNs (j != k) trained on fold k, and the
+stacker learns from their predictions on fold j. Its few coefficients cannot memorise fold k. The
+exact alternative (nested: an inner CV of the CNN inside every outer training set) would cost
+4 more CNN trainings per run, 40 for the selection; the stackers' results are compared with the
+cnn-only stacker fit the same way, so any optimism of the protocol appears in both.
+
+Prints a table (mean +- std over the 10 runs) and the paired differences against cnn (mean +- s.e.).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recipe_search import FOLDS, SELECTION_SEEDS, run_figures
+
+# sklearn's default strength: the rhythm and stacking models have 3 to 21 inputs for ~370 training
+# recordings, so no strong penalty is needed. Fixed in advance, not tuned on these seeds.
+STACKER_C = 1.0
+PROBABILITY_FLOOR = 1e-4  # log(0) would be -inf: a CNN probability is clipped here before its log
+MODELS = ["cnn", "rhythm", "stack-cnn", "stack-cnn+rhythm", "classical", "majority"]
+FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "recall_murmur", "recall_normal"]
+
+
+def recording_features(data_dir: Path, cache: Path | None) -> pd.DataFrame:
+    """heartbeat.rhythm's features of every labelled recording of Dataset B, indexed by the manifest's name."""
+    from heartbeat import audio, layouts, rhythm
+
+    if cache is not None and cache.exists():
+        return pd.read_csv(cache, index_col="recording")
+    rows = {}
+    for recording in layouts.read_pascal_b(data_dir):
+        if recording.label is not None:
+            rows[recording.path.name] = rhythm.rhythm_features(audio.load_audio(recording.path))
+    frame = pd.DataFrame.from_dict(rows, orient="index")[rhythm.FEATURE_NAMES].rename_axis("recording")
+    if cache is not None:
+        frame.to_csv(cache)
+    return frame
+
+
+def fit_predict(train_x: np.ndarray, train_y, valid_x: np.ndarray, classes: list[str], seed: int) -> np.ndarray:
+    """Class probabilities of a scaled, class-balanced logistic regression (as the classical baseline's)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=STACKER_C, class_weight="balanced", max_iter=5000,
+                                                               random_state=seed))
+    model.fit(train_x, np.asarray(train_y))
+    probabilities = np.zeros((len(valid_x), len(classes)))
+    known = model.predict_proba(valid_x)
+    for column, name in enumerate(model.classes_):
+        probabilities[:, classes.index(name)] = known[:, column]
+    return probabilities
+
+
+def check_folds(oof: pd.DataFrame, recordings: pd.DataFrame, seed: int) -> None:
+    """oof.csv's fold of every recording must be heartbeat.cv.fold_splits' for this seed."""
+    from heartbeat import cv
+
+    for _, fold, split_table in cv.fold_splits(recordings, "patient", FOLDS, [seed], 0.3):
+        expected = set(split_table.loc[split_table["split"] == "valid", "recording"])
+        found = set(oof.loc[(oof["seed"] == seed) & (oof["fold"] == fold), "recording"])
+        if expected != found:
+            raise SystemExit(f"oof.csv's seed {seed} fold {fold} is not heartbeat.cv's fold ({len(expected ^ found)} "
+                             "recordings differ)")
+
+
+def run_rows(oof: pd.DataFrame, features: pd.DataFrame, classes: list[str], seed: int) -> list[dict]:
+    """Every model's figures on every fold of one seed."""
+    runs = oof[oof["seed"] == seed].set_index("recording")
+    log_probabilities = np.log(np.clip(runs[[f"prob_{name}" for name in classes]].to_numpy(), PROBABILITY_FLOOR, 1.0))
+    rhythm_x = features.loc[runs.index].to_numpy()
+    inputs = {"rhythm": rhythm_x, "stack-cnn": log_probabilities,
+              "stack-cnn+rhythm": np.hstack([log_probabilities, rhythm_x])}
+    labels = runs["label"].to_numpy()
+    rows = []
+    for fold in sorted(runs["fold"].unique()):
+        valid = (runs["fold"] == fold).to_numpy()
+        predicted = {"cnn": runs.loc[valid, "predicted"].to_numpy(),
+                     "classical": runs.loc[valid, "classical_predicted"].to_numpy(),
+                     "majority": np.full(valid.sum(), "normal", dtype=object)}
+        for name, x in inputs.items():
+            # rhythm alone: the training folds' features; stackers: the other folds' out-of-fold CNN rows
+            probabilities = fit_predict(x[~valid], labels[~valid], x[valid], classes, seed)
+            predicted[name] = np.asarray(classes)[probabilities.argmax(axis=1)]
+        for name in MODELS:
+            rows.append({"model": name, "seed": seed, "fold": int(fold),
+                         **run_figures(labels[valid], predicted[name], classes)})
+    return rows
+
+
+def table(rows: pd.DataFrame) -> str:
+    lines = ["| model | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
+    for name in MODELS:
+        runs = rows[rows["model"] == name]
+        lines.append(f"| {name} | " + " | ".join(f"{runs[key].mean():.3f} ± {runs[key].std(ddof=1):.3f}"
+                                                for key in FIGURES) + " |")
+    return "\n".join(lines)
+
+
+def paired(rows: pd.DataFrame, reference: str) -> str:
+    """Per model, the paired difference from the reference over the same (seed, fold): mean +- s.e."""
+    keys = ["balanced_accuracy", "youden", "recall_extrastole", "recall_normal"]
+    base = rows[rows["model"] == reference].set_index(["seed", "fold"])
+    lines = [f"| vs {reference} | " + " | ".join(f"Δ {key}" for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in MODELS:
+        if name == reference:
+            continue
+        difference = rows[rows["model"] == name].set_index(["seed", "fold"])[keys] - base[keys]
+        cells = [f"{difference[key].mean():+.3f} ± {difference[key].std(ddof=1) / np.sqrt(len(difference)):.3f}"
+                 for key in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="Dataset B's folder (set_b.csv, set_b/)")
+    parser.add_argument("--spectrograms", type=Path, required=True, help="stage 1's output the CV ran on")
+    parser.add_argument("--cv", type=Path, required=True, help="the heartbeat cv folder (oof.csv) for seeds 1, 2")
+    parser.add_argument("--features", type=Path, help="cache the rhythm features in this csv (reused if present)")
+    parser.add_argument("--out", type=Path, help="write every run's figures to this csv")
+    args = parser.parse_args()
+
+    from heartbeat import split, train
+    from heartbeat.dataset import CLASSES
+
+    oof = pd.read_csv(args.cv / "oof.csv")
+    seeds = sorted(int(seed) for seed in oof["seed"].unique())
+    if not set(seeds) <= set(SELECTION_SEEDS):
+        raise SystemExit(f"{args.cv}: seeds {seeds}; the selection uses seeds {SELECTION_SEEDS} only")
+    windows = train.read_spectrograms(args.spectrograms)
+    recordings = split.recordings_table(windows)
+    classes = [name for name in CLASSES if name in set(windows["label"])]
+    features = recording_features(args.data, args.features)
+    rows = []
+    for seed in seeds:
+        check_folds(oof, recordings, seed)
+        rows += run_rows(oof, features, classes, seed)
+    frame = pd.DataFrame(rows)
+    if args.out:
+        frame.to_csv(args.out, index=False)
+    print(f"seeds {seeds}, {FOLDS} folds: mean ± std over {frame.groupby(['seed', 'fold']).ngroups} runs\n")
+    print(table(frame) + "\n\n" + paired(frame, "cnn") + "\n\n" + paired(frame, "stack-cnn"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
