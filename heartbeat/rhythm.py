@@ -32,6 +32,8 @@ PEAK_PROMINENCE = 0.3
 PEAK_MIN_SECONDS = 0.12
 # Sounds needed before interval statistics mean anything: two whole cycles and one more sound.
 MIN_PEAKS = 5
+# A sound peak within this of a decoded S1 or S2 is that sound (S1 and S2 last about 0.1 s).
+EXPLAINED_SECONDS = 0.08
 
 # name -> the neutral value taken when the figure cannot be measured (that of a regular rhythm)
 NEUTRAL = {
@@ -43,6 +45,7 @@ NEUTRAL = {
     "beat_short_long": 0.0,
     "beat_premature": 0.0,
     "systole_cv": 0.0,
+    "beat_extra_sounds": 0.0,
     "acf_periodicity": 0.0,
     "acf_two_cycles": 0.0,
     "peak_unreliable": 1.0,
@@ -53,6 +56,8 @@ NEUTRAL = {
     "peak_alternation": 0.0,
     "peak_alternation_max": 0.0,
     "peak_height_cv": 0.0,
+    "clean_short_cycle": 0.0,
+    "clean_alternation": 0.0,
 }
 FEATURE_NAMES = list(NEUTRAL)
 
@@ -63,7 +68,10 @@ def rhythm_features(signal: np.ndarray, sample_rate: int = SETTINGS.sample_rate)
     features = dict(NEUTRAL)
     features.update(_beat_features(analysis.rhythm))
     features.update(_acf_features(analysis.envelope, analysis.rhythm))
-    features.update(_peak_features(analysis.envelope, analysis.loudness_range))
+    peaks = sound_peaks(analysis.envelope, analysis.loudness_range)
+    features.update(_peak_features(analysis.envelope, peaks))
+    features.update(_extra_sounds(analysis.rhythm, peaks))
+    features.update(_clean_irregularity(features))
     return {name: _finite(features[name], NEUTRAL[name]) for name in FEATURE_NAMES}
 
 
@@ -139,9 +147,8 @@ def _prominence(envelope: np.ndarray, index: int) -> float:
     return float(height - max(bases))
 
 
-def _peak_features(envelope: np.ndarray, loudness_range: float) -> dict[str, float]:
+def _peak_features(envelope: np.ndarray, peaks: np.ndarray) -> dict[str, float]:
     """Interval statistics of the sound peaks, which need no decode."""
-    peaks = sound_peaks(envelope, loudness_range)
     if peaks.size < MIN_PEAKS:
         return {}
     gaps = np.diff(peaks).astype(float)  # alternately systole and diastole in a regular rhythm
@@ -159,6 +166,32 @@ def _peak_features(envelope: np.ndarray, loudness_range: float) -> dict[str, flo
         "peak_alternation_max": float(alternation.max()),
         "peak_height_cv": heights.std() / heights.mean() if heights.mean() > 0 else 0.0,
     }
+
+
+def _extra_sounds(rhythm: beats.Rhythm, peaks: np.ndarray) -> dict[str, float]:
+    """The share of sound peaks, between the first and last decoded S1, that are neither a decoded S1 nor S2.
+
+    On real extrastoles the decoder keeps its regular cycle and leaves an early beat inside a
+    systole or diastole (or relabels it); the sound is still there for the peak picker.
+    """
+    if not rhythm.reliable or peaks.size == 0:
+        return {}
+    times = (peaks + 0.5) / beats.FRAME_RATE  # frame centres, as beats' S1 and S2 times
+    decoded = np.concatenate([rhythm.s1_times, rhythm.s2_times])
+    inside = times[(times > rhythm.s1_times.min() - EXPLAINED_SECONDS) & (times < rhythm.s1_times.max() + EXPLAINED_SECONDS)]
+    if inside.size == 0:
+        return {}
+    distance = np.abs(inside[:, None] - decoded[None, :]).min(axis=1)
+    return {"beat_extra_sounds": float(np.mean(distance > EXPLAINED_SECONDS))}
+
+
+def _clean_irregularity(features: dict[str, float]) -> dict[str, float]:
+    """Peak irregularity weighted by periodicity: in noisy recordings missed and spurious peaks make any rhythm
+    look irregular (measured on Dataset B: only where the autocorrelation peak exceeds 0.4 are extrastoles'
+    shortest cycles shorter than normals'), so a linear model needs the product to trust it where it is clean."""
+    periodicity = features["acf_periodicity"]
+    return {"clean_short_cycle": (1.0 - features["peak_cycle_min_ratio"]) * periodicity,
+            "clean_alternation": features["peak_alternation_max"] * periodicity}
 
 
 def feature_matrix(signals) -> np.ndarray:

@@ -41,8 +41,20 @@ from recipe_search import FOLDS, SELECTION_SEEDS, run_figures
 # recordings, so no strong penalty is needed. Fixed in advance, not tuned on these seeds.
 STACKER_C = 1.0
 PROBABILITY_FLOOR = 1e-4  # log(0) would be -inf: a CNN probability is clipped here before its log
-MODELS = ["cnn", "rhythm", "stack-cnn", "stack-cnn+rhythm", "classical", "majority"]
-FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "recall_murmur", "recall_normal"]
+# The decode-free features: the segmenter's decode finds no premature beat on real extrastoles.
+DECODE_FREE = ("acf_", "peak_", "clean_")
+# name -> (inputs: "cnn" = the CNN's log-probabilities, "rhythm" = every rhythm feature, "decode-free"; C)
+LEARNED = {
+    "rhythm": (("rhythm",), STACKER_C),
+    "stack-cnn": (("cnn",), STACKER_C),
+    "stack-cnn+rhythm": (("cnn", "rhythm"), STACKER_C),
+    # two variants, declared before they ran: fewer inputs (decode-free only), a stronger penalty
+    "stack-cnn+decode-free": (("cnn", "decode-free"), STACKER_C),
+    "stack-cnn+rhythm, C 0.1": (("cnn", "rhythm"), 0.1),
+}
+MODELS = ["cnn", *LEARNED, "classical", "majority"]
+FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "recall_murmur", "recall_normal",
+           "auc_extrastole", "auc_heart_problem"]
 
 
 def recording_features(data_dir: Path, cache: Path | None) -> pd.DataFrame:
@@ -61,13 +73,14 @@ def recording_features(data_dir: Path, cache: Path | None) -> pd.DataFrame:
     return frame
 
 
-def fit_predict(train_x: np.ndarray, train_y, valid_x: np.ndarray, classes: list[str], seed: int) -> np.ndarray:
+def fit_predict(train_x: np.ndarray, train_y, valid_x: np.ndarray, classes: list[str], seed: int,
+                c: float = STACKER_C) -> np.ndarray:
     """Class probabilities of a scaled, class-balanced logistic regression (as the classical baseline's)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=STACKER_C, class_weight="balanced", max_iter=5000,
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000,
                                                                random_state=seed))
     model.fit(train_x, np.asarray(train_y))
     probabilities = np.zeros((len(valid_x), len(classes)))
@@ -89,13 +102,29 @@ def check_folds(oof: pd.DataFrame, recordings: pd.DataFrame, seed: int) -> None:
                              "recordings differ)")
 
 
+def ranking_figures(labels: np.ndarray, probabilities: np.ndarray | None, classes: list[str]) -> dict:
+    """Threshold-free: one-vs-rest ROC AUC of extrastole, and of "not normal" (1 - P(normal)); NaN without
+    probabilities. A lever that only moves the operating point (a class bias) leaves them unchanged."""
+    from sklearn.metrics import roc_auc_score
+
+    if probabilities is None:
+        return {"auc_extrastole": np.nan, "auc_heart_problem": np.nan}
+    extrastole = labels == "extrastole"
+    problem = labels != "normal"
+    return {"auc_extrastole": roc_auc_score(extrastole, probabilities[:, classes.index("extrastole")])
+            if 0 < extrastole.sum() < len(labels) else np.nan,
+            "auc_heart_problem": roc_auc_score(problem, 1.0 - probabilities[:, classes.index("normal")])
+            if 0 < problem.sum() < len(labels) else np.nan}
+
+
 def run_rows(oof: pd.DataFrame, features: pd.DataFrame, classes: list[str], seed: int) -> list[dict]:
     """Every model's figures on every fold of one seed."""
     runs = oof[oof["seed"] == seed].set_index("recording")
-    log_probabilities = np.log(np.clip(runs[[f"prob_{name}" for name in classes]].to_numpy(), PROBABILITY_FLOOR, 1.0))
-    rhythm_x = features.loc[runs.index].to_numpy()
-    inputs = {"rhythm": rhythm_x, "stack-cnn": log_probabilities,
-              "stack-cnn+rhythm": np.hstack([log_probabilities, rhythm_x])}
+    cnn_probabilities = runs[[f"prob_{name}" for name in classes]].to_numpy()
+    blocks = {"cnn": np.log(np.clip(cnn_probabilities, PROBABILITY_FLOOR, 1.0)),
+              "rhythm": features.loc[runs.index].to_numpy(),
+              "decode-free": features.loc[runs.index, [c for c in features.columns if c.startswith(DECODE_FREE)]]
+              .to_numpy()}
     labels = runs["label"].to_numpy()
     rows = []
     for fold in sorted(runs["fold"].unique()):
@@ -103,13 +132,17 @@ def run_rows(oof: pd.DataFrame, features: pd.DataFrame, classes: list[str], seed
         predicted = {"cnn": runs.loc[valid, "predicted"].to_numpy(),
                      "classical": runs.loc[valid, "classical_predicted"].to_numpy(),
                      "majority": np.full(valid.sum(), "normal", dtype=object)}
-        for name, x in inputs.items():
+        probabilities = {"cnn": cnn_probabilities[valid], "classical": None,
+                         "majority": np.tile(np.eye(len(classes))[classes.index("normal")], (valid.sum(), 1))}
+        for name, (inputs, c) in LEARNED.items():
+            x = np.hstack([blocks[block] for block in inputs])
             # rhythm alone: the training folds' features; stackers: the other folds' out-of-fold CNN rows
-            probabilities = fit_predict(x[~valid], labels[~valid], x[valid], classes, seed)
-            predicted[name] = np.asarray(classes)[probabilities.argmax(axis=1)]
+            probabilities[name] = fit_predict(x[~valid], labels[~valid], x[valid], classes, seed, c)
+            predicted[name] = np.asarray(classes)[probabilities[name].argmax(axis=1)]
         for name in MODELS:
             rows.append({"model": name, "seed": seed, "fold": int(fold),
-                         **run_figures(labels[valid], predicted[name], classes)})
+                         **run_figures(labels[valid], predicted[name], classes),
+                         **ranking_figures(labels[valid], probabilities[name], classes)})
     return rows
 
 
@@ -124,11 +157,11 @@ def table(rows: pd.DataFrame) -> str:
 
 def paired(rows: pd.DataFrame, reference: str) -> str:
     """Per model, the paired difference from the reference over the same (seed, fold): mean +- s.e."""
-    keys = ["balanced_accuracy", "youden", "recall_extrastole", "recall_normal"]
+    keys = ["balanced_accuracy", "youden", "recall_extrastole", "recall_normal", "auc_extrastole"]
     base = rows[rows["model"] == reference].set_index(["seed", "fold"])
     lines = [f"| vs {reference} | " + " | ".join(f"Δ {key}" for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name in MODELS:
-        if name == reference:
+        if name in (reference, "majority"):
             continue
         difference = rows[rows["model"] == name].set_index(["seed", "fold"])[keys] - base[keys]
         cells = [f"{difference[key].mean():+.3f} ± {difference[key].std(ddof=1) / np.sqrt(len(difference)):.3f}"
@@ -166,6 +199,7 @@ def main() -> int:
         frame.to_csv(args.out, index=False)
     print(f"seeds {seeds}, {FOLDS} folds: mean ± std over {frame.groupby(['seed', 'fold']).ngroups} runs\n")
     print(table(frame) + "\n\n" + paired(frame, "cnn") + "\n\n" + paired(frame, "stack-cnn"))
+    print("\nauc_*: one-vs-rest ROC AUC from each run's probabilities (classical: none kept in oof.csv)")
     return 0
 
 
