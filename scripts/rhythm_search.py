@@ -51,6 +51,8 @@ LEARNED = {
     # two variants, declared before they ran: fewer inputs (decode-free only), a stronger penalty
     "stack-cnn+decode-free": (("cnn", "decode-free"), STACKER_C),
     "stack-cnn+rhythm, C 0.1": (("cnn", "rhythm"), 0.1),
+    # beat-synchronous band levels (systole minus diastole per band group), declared with the above
+    "stack-cnn+rhythm+bands": (("cnn", "rhythm", "bands"), STACKER_C),
 }
 MODELS = ["cnn", *LEARNED, "classical", "majority"]
 FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "recall_murmur", "recall_normal",
@@ -58,7 +60,8 @@ FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "reca
 
 
 def recording_features(data_dir: Path, cache: Path | None) -> pd.DataFrame:
-    """heartbeat.rhythm's features of every labelled recording of Dataset B, indexed by the manifest's name."""
+    """heartbeat.rhythm's features (and its band features) of every labelled recording of Dataset B, indexed by
+    the manifest's name."""
     from heartbeat import audio, layouts, rhythm
 
     if cache is not None and cache.exists():
@@ -66,8 +69,10 @@ def recording_features(data_dir: Path, cache: Path | None) -> pd.DataFrame:
     rows = {}
     for recording in layouts.read_pascal_b(data_dir):
         if recording.label is not None:
-            rows[recording.path.name] = rhythm.rhythm_features(audio.load_audio(recording.path))
-    frame = pd.DataFrame.from_dict(rows, orient="index")[rhythm.FEATURE_NAMES].rename_axis("recording")
+            signal = audio.load_audio(recording.path)
+            rows[recording.path.name] = {**rhythm.rhythm_features(signal), **rhythm.band_features(signal)}
+    frame = pd.DataFrame.from_dict(rows, orient="index")[rhythm.FEATURE_NAMES + rhythm.BAND_NAMES]
+    frame = frame.rename_axis("recording")
     if cache is not None:
         frame.to_csv(cache)
     return frame
@@ -122,7 +127,8 @@ def run_rows(oof: pd.DataFrame, features: pd.DataFrame, classes: list[str], seed
     runs = oof[oof["seed"] == seed].set_index("recording")
     cnn_probabilities = runs[[f"prob_{name}" for name in classes]].to_numpy()
     blocks = {"cnn": np.log(np.clip(cnn_probabilities, PROBABILITY_FLOOR, 1.0)),
-              "rhythm": features.loc[runs.index].to_numpy(),
+              "rhythm": features.loc[runs.index, [c for c in features.columns if not c.startswith("band")]].to_numpy(),
+              "bands": features.loc[runs.index, [c for c in features.columns if c.startswith("band")]].to_numpy(),
               "decode-free": features.loc[runs.index, [c for c in features.columns if c.startswith(DECODE_FREE)]]
               .to_numpy()}
     labels = runs["label"].to_numpy()

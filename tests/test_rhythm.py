@@ -10,7 +10,7 @@ import pytest
 from test_beats import NO_RHYTHM, RATE, heartbeats, readable_bad_inputs
 
 from heartbeat import audio
-from heartbeat.rhythm import FEATURE_NAMES, NEUTRAL, feature_matrix, rhythm_features
+from heartbeat.rhythm import BAND_NAMES, FEATURE_NAMES, NEUTRAL, band_features, feature_matrix, rhythm_features
 
 
 def assert_all_finite(features: dict[str, float]) -> None:
@@ -72,3 +72,35 @@ def test_importing_rhythm_loads_neither_scipy_nor_torch_nor_sklearn():
     code = "import sys, heartbeat.rhythm; print(sorted({'scipy', 'torch', 'sklearn'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_band_features_are_finite_and_neutral_without_a_rhythm(tmp_path):
+    for _, signal in NO_RHYTHM:
+        assert band_features(signal, RATE) == dict.fromkeys(BAND_NAMES, 0.0)
+    for signal in readable_bad_inputs(tmp_path):
+        assert all(np.isfinite(value) for value in band_features(signal, audio.SETTINGS.sample_rate).values())
+
+
+def with_systolic_murmur(bpm: float, level: float) -> np.ndarray:
+    """heartbeats() with 700-1000 Hz noise (a murmur's upper band, above the segmenter's 25-400 Hz) filling the
+    middle of each systole, at `level` of S1's amplitude."""
+    signal, onsets = heartbeats(bpm, snr_db=20.0)
+    period = 60.0 / bpm
+    noise = np.random.default_rng(5).standard_normal(signal.size)
+    spectrum = np.fft.rfft(noise)
+    frequencies = np.fft.rfftfreq(noise.size, 1.0 / RATE)
+    spectrum[(frequencies < 700) | (frequencies > 1000)] = 0.0
+    murmur = np.fft.irfft(spectrum, noise.size)
+    murmur *= level / murmur.std()
+    gate = np.zeros(signal.size)
+    for onset in onsets:
+        gate[int((onset + 0.07) * RATE): int((onset + period / 3 - 0.02) * RATE)] = 1.0
+    return (signal + gate * murmur).astype(np.float32)
+
+
+def test_a_systolic_murmur_raises_the_systole_over_diastole_level():
+    quiet = band_features(with_systolic_murmur(72, 0.0), RATE)
+    loud = band_features(with_systolic_murmur(72, 0.05), RATE)
+    assert quiet != dict.fromkeys(BAND_NAMES, 0.0) and loud != dict.fromkeys(BAND_NAMES, 0.0)  # decoded, measured
+    assert all(np.isfinite(value) for value in {**quiet, **loud}.values())
+    assert max(loud.values()) > max(quiet.values()) + 6.0
