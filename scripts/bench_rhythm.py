@@ -2,8 +2,8 @@
 
     python scripts/bench_rhythm.py [--repeats N]
 
-heartbeat.rhythm.rhythm_features (which runs heartbeat.beats' segmentation once) and beats.segment alone, taking
-turns in one process, on a 10-s synthetic normal rhythm (heartbeat.synth) and on one with a premature beat.
+heartbeat.data.rhythm.rhythm_features (which runs heartbeat.data.beats' segmentation once) and beats.segment alone, taking
+turns in one process, on a 10-s synthetic normal rhythm (heartbeat.data.synth) and on one with a premature beat.
 Target (issue 18): segmentation and rhythm <= 20 ms per 10-s recording.
 """
 
@@ -14,15 +14,17 @@ import statistics
 import benchlib
 from bench_beats import SECONDS, TARGET_MS, milliseconds
 from benchlib import figures, target
-from heartbeat import audio, beats, rhythm
-from heartbeat.synth import heartbeat_signal
+from heartbeat.data import audio
+from heartbeat.data import beats
+from heartbeat.data import rhythm
+from heartbeat.data.synth import heartbeat_signal
 
 
 def main() -> None:
     parser = benchlib.argument_parser(__doc__, data=False)
     parser.add_argument("--repeats", type=int, default=51)
     args = benchlib.parse_arguments(parser)
-    rows = [("recording", f"{SECONDS:g} s at {audio.SETTINGS.sample_rate} Hz (heartbeat.synth)")]
+    rows = [("recording", f"{SECONDS:g} s at {audio.SETTINGS.sample_rate} Hz (heartbeat.data.synth)")]
     for kind in ("normal", "extrastole"):
         signal = heartbeat_signal(kind, SECONDS)
         rhythm.rhythm_features(signal)  # first call untimed: imports and caches are not per-file costs

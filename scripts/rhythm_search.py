@@ -4,11 +4,11 @@
 
 D is `heartbeat cv --spectrograms S --out D --folds 5 --seeds 1,2 --recipe heartbeat`; its oof.csv
 holds the CNN's out-of-fold probabilities. For every seed and fold of that CV (the script rebuilds
-the folds with heartbeat.cv.fold_splits and checks that oof.csv used the same ones), it scores on
+the folds with heartbeat.report.cv.fold_splits and checks that oof.csv used the same ones), it scores on
 the fold's validation recordings:
 
 - cnn: the recipe's CNN alone (oof.csv's prediction);
-- rhythm: heartbeat.rhythm's features alone, scaled logistic regression fit on the training folds;
+- rhythm: heartbeat.data.rhythm's features alone, scaled logistic regression fit on the training folds;
 - stack-cnn: a small logistic regression on the CNN's log-probabilities alone (the control: a
   recalibration of the CNN, no rhythm);
 - stack-cnn+rhythm: the same with the rhythm features added;
@@ -71,9 +71,11 @@ FIGURES = ["balanced_accuracy", "macro_f1", "youden", "recall_extrastole", "reca
 
 
 def recording_features(data_dir: Path, cache: Path | None) -> pd.DataFrame:
-    """heartbeat.rhythm's features (and its band features) of every labelled recording of Dataset B, indexed by
+    """heartbeat.data.rhythm's features (and its band features) of every labelled recording of Dataset B, indexed by
     the manifest's name."""
-    from heartbeat import audio, layouts, rhythm
+    from heartbeat.data import audio
+    from heartbeat.data import layouts
+    from heartbeat.data import rhythm
 
     if cache is not None and cache.exists():
         return pd.read_csv(cache, index_col="recording")
@@ -107,14 +109,14 @@ def fit_predict(train_x: np.ndarray, train_y, valid_x: np.ndarray, classes: list
 
 
 def check_folds(oof: pd.DataFrame, recordings: pd.DataFrame, seed: int) -> None:
-    """oof.csv's fold of every recording must be heartbeat.cv.fold_splits' for this seed."""
-    from heartbeat import cv
+    """oof.csv's fold of every recording must be heartbeat.report.cv.fold_splits' for this seed."""
+    from heartbeat.report import cv
 
     for _, fold, split_table in cv.fold_splits(recordings, "patient", FOLDS, [seed], 0.3):
         expected = set(split_table.loc[split_table["split"] == "valid", "recording"])
         found = set(oof.loc[(oof["seed"] == seed) & (oof["fold"] == fold), "recording"])
         if expected != found:
-            raise SystemExit(f"oof.csv's seed {seed} fold {fold} is not heartbeat.cv's fold ({len(expected ^ found)} "
+            raise SystemExit(f"oof.csv's seed {seed} fold {fold} is not heartbeat.report.cv's fold ({len(expected ^ found)} "
                              "recordings differ)")
 
 
@@ -196,8 +198,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write every run's figures to this csv")
     args = parser.parse_args()
 
-    from heartbeat import split, train
-    from heartbeat.dataset import CLASSES
+    from heartbeat.train import split
+    from heartbeat.train import run as train
+    from heartbeat.data.dataset import CLASSES
 
     oof = pd.read_csv(args.cv / "oof.csv")
     seeds = sorted(int(seed) for seed in oof["seed"].unique())

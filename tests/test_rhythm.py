@@ -1,4 +1,4 @@
-"""heartbeat.rhythm: finite features on any input, a premature beat seen, the same numbers every time."""
+"""heartbeat.data.rhythm: finite features on any input, a premature beat seen, the same numbers every time."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_beats import NO_RHYTHM, RATE, heartbeats, readable_bad_inputs
 
-from heartbeat import audio
-from heartbeat.rhythm import BAND_NAMES, FEATURE_NAMES, NEUTRAL, band_features, feature_matrix, rhythm_features
+from heartbeat.data import audio
+from heartbeat.data.rhythm import BAND_NAMES, FEATURE_NAMES, NEUTRAL, band_features, feature_matrix, rhythm_features
 
 
 def assert_all_finite(features: dict[str, float]) -> None:
@@ -69,7 +69,7 @@ def test_features_are_deterministic():
 
 
 def test_importing_rhythm_loads_neither_scipy_nor_torch_nor_sklearn():
-    code = "import sys, heartbeat.rhythm; print(sorted({'scipy', 'torch', 'sklearn'} & set(sys.modules)))"
+    code = "import sys, heartbeat.data.rhythm; print(sorted({'scipy', 'torch', 'sklearn'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -101,7 +101,7 @@ PREMATURE_FRACTION, PAUSE_FRACTION = 0.8, 1.1
 # the sound inside the diastole and the beat intervals stay regular. A 30 % off-rhythm diastole tail changed
 # nothing. Marking lone diastolic sounds instead would not separate extrastoles either: 47 % of reliable
 # extrastole recordings hold one (prominence >= 0.3 of the loud-quiet range), and 38 % of normal ones
-# (noise, S3). heartbeat.rhythm's beat_extra_sounds measures them, as a feature, not as a verdict.
+# (noise, S3). heartbeat.data.rhythm's beat_extra_sounds measures them, as a feature, not as a verdict.
 
 S1, SYSTOLE, S2, DIASTOLE = 0, 1, 2, 3
 STATE_NAMES = ("S1", "systole", "S2", "diastole")
@@ -149,7 +149,7 @@ def segment(signal: np.ndarray, sample_rate: int = SETTINGS.sample_rate) -> Rhyt
 
 
 def analyse(signal: np.ndarray, sample_rate: int = SETTINGS.sample_rate) -> Analysis:
-    """segment(), keeping the envelope: one band-pass and Hilbert transform for both (heartbeat.rhythm)."""
+    """segment(), keeping the envelope: one band-pass and Hilbert transform for both (heartbeat.data.rhythm)."""
     rhythm, envelope, loudness_range = _analyse(signal, sample_rate)
     return Analysis(rhythm, np.zeros(0) if envelope is None else envelope, float(loudness_range))
 

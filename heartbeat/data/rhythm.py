@@ -1,7 +1,7 @@
 """Rhythm features of one recording, for a model: finite numbers whatever the recording holds.
 
 An extrastole is a rhythm event (a premature beat, then a pause), which a CNN that hears about
-one second at a time cannot see. On the real Dataset B, heartbeat.beats' decoder rarely marks
+one second at a time cannot see. On the real Dataset B, heartbeat.data.beats' decoder rarely marks
 an extrastole's beat as premature: its duration model, centred on the autocorrelation's cycle,
 prefers to relabel the early sound as S2 (and the rest of the recording as shifted by half a
 cycle) over one short diastole. So most features here do not trust the decode:
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from heartbeat import audio, beats
-from heartbeat.audio import SETTINGS
+from heartbeat.data import audio
+from heartbeat.data import beats
+from heartbeat.data.audio import SETTINGS
 
 # A sound peak: a local maximum of the envelope standing this share of the loud-quiet range above
 # the lower of its two neighbouring minima (S2 is often half S1's loudness; smaller bumps are noise).
