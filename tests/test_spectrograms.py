@@ -13,9 +13,10 @@ from PIL import Image
 from conftest import REAL_DATA, needs_real_data
 from heartbeat import cli
 from heartbeat.data import audio
-from heartbeat.data import spectrograms
+from heartbeat.data import manifest as stage_files
+from heartbeat.data.manifest import MANIFEST_COLUMNS
+from heartbeat.data.spectrograms import build_spectrograms
 from heartbeat.fileio import atomic_path
-from heartbeat.data.spectrograms import MANIFEST_COLUMNS, build_spectrograms
 
 
 def manifest(out):
@@ -193,7 +194,7 @@ def test_real_data_a_few_recordings(tmp_path):
     ],
 )
 def test_only_plain_png_names_inside_images_count_as_this_stages_images(image, own):
-    assert spectrograms.is_own_image(image) is own
+    assert stage_files.is_own_image(image) is own
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "ten"])

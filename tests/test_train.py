@@ -305,7 +305,7 @@ def test_bad_inputs_to_train(trained_run, tmp_path, capsys):
 
 
 def test_spectrograms_made_with_other_audio_settings_are_refused(trained_run, tmp_path, capsys):
-    from heartbeat.data.spectrograms import SETTINGS_NAME
+    from heartbeat.data.manifest import SETTINGS_NAME
 
     spectrograms = tmp_path / "spectrograms"
     shutil.copytree(trained_run["spectrograms"], spectrograms, ignore=shutil.ignore_patterns("features"))

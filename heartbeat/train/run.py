@@ -53,7 +53,7 @@ from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, 
                               exclusive_lock, remove_dead_leftovers)
 from heartbeat.train.progress import on_terminal, show_training
 from heartbeat.train.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
-from heartbeat.data.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
+from heartbeat.data.manifest import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 from heartbeat.text import spreadsheet_frame
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
