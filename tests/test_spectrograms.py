@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import REAL_DATA, needs_real_data
 from heartbeat import cli
 from heartbeat.data import audio
+from heartbeat.data import png
 from heartbeat.data import manifest as stage_files
 from heartbeat.data.manifest import MANIFEST_COLUMNS
 from heartbeat.data.spectrograms import build_spectrograms
@@ -104,7 +105,7 @@ def test_interrupted_write_leaves_no_partial_file(dataset_dir, tmp_path, monkeyp
     images_before = image_bytes(out)
 
     calls = {"n": 0}
-    real_encode = audio.encode_png
+    real_encode = png.encode_png
 
     def encode_then_die(image):
         calls["n"] += 1
@@ -112,7 +113,7 @@ def test_interrupted_write_leaves_no_partial_file(dataset_dir, tmp_path, monkeyp
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
         return real_encode(image)
 
-    monkeypatch.setattr(audio, "encode_png", encode_then_die)
+    monkeypatch.setattr(png, "encode_png", encode_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_spectrograms(dataset_dir, out, jobs=1, progress=False, settings=dataclasses.replace(audio.SETTINGS, top_db=70.0))
     assert (out / "manifest.csv").read_bytes() == manifest_before

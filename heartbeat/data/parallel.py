@@ -14,6 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from heartbeat.data import audio
+from heartbeat.data import mel
+from heartbeat.data import png
 from heartbeat.data.manifest import Item, image_name, recording_columns, source_signature
 from heartbeat.fileio import atomic_write_bytes
 from heartbeat.workers import worker_count
@@ -35,9 +37,9 @@ def _make_images(recording: Item, out_dir: Path, settings: audio.AudioSettings, 
     native_rate = soundfile.info(str(recording.path)).samplerate
     duration_s = signal.size / settings.sample_rate
     rows = []
-    for window, (start_s, image) in enumerate(audio.iter_recording_images(signal, settings)):
+    for window, (start_s, image) in enumerate(mel.iter_recording_images(signal, settings)):
         name = image_name(recording.image_stem, window)
-        _write_image(out_dir / name, audio.encode_png(image))
+        _write_image(out_dir / name, png.encode_png(image))
         rows.append(
             {
                 "image": name,

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.data import layouts
 from heartbeat.report import metrics
 from heartbeat.train import model
@@ -327,7 +328,7 @@ def load_image(spectrograms_dir: Path, image: str, image_size: int, band_norm: b
     from PIL import Image
 
     with Image.open(spectrograms_dir / image) as png:
-        return audio.model_input(np.asarray(png.convert("L")), image_size, band_norm)
+        return mel.model_input(np.asarray(png.convert("L")), image_size, band_norm)
 
 
 def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: list[str], settings: TrainSettings,
