@@ -1,7 +1,7 @@
 """What a model heard in a recording: its spectrogram, its answer window by window, and occlusion saliency.
 
 `explain_signal` runs a loaded model (predict.Predictor) on a prepared signal as predict does
-(audio.iter_recording_images -> Predictor.model_input -> the network -> metrics.combine_windows)
+(mel.iter_recording_images -> Predictor.model_input -> the network -> metrics.combine_windows)
 and, for each window, hides one time-frequency patch at a time and runs the hidden versions
 through the same ONNX session: a patch's saliency is how much hiding it lowers the window's
 log-odds of the explained class (by default the recording's answer). Occlusion needs only
@@ -17,7 +17,7 @@ The patch (PATCH_FRAMES x PATCH_BANDS) is hidden by setting it to each band's me
 the window's sounding frames: the band "at its usual level", which carries no event. Not 0:
 a black patch is silence at -80 dB, a sharp edge the network never saw in training (and in
 a band-normalised view, the most extreme value there is); the band's mean is exactly what
-band normalisation (nets.BandNorm inside the heartbeat network, audio.band_normalised before
+band normalisation (nets.BandNorm inside the heartbeat network, mel.band_normalised before
 the published one) maps to neutral. Silent frames (the padding after a short recording) are
 never hidden: they hold nothing, and filling them would invent sound.
 
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.report import metrics
 from heartbeat.fileio import atomic_write_bytes
 from heartbeat.text import printable
@@ -95,7 +96,7 @@ def explain_signal(predictor, signal: np.ndarray, *, target: int | None = None,
     spectrogram = np.zeros((settings.n_mels, n_frames), np.uint8)
     saliency_sum = np.zeros((settings.n_mels, n_frames), np.float64)
     saliency_count = np.zeros(n_frames, np.int64)  # windows covering each frame (overlaps are averaged)
-    windows = list(audio.iter_recording_images(signal, settings))
+    windows = list(mel.iter_recording_images(signal, settings))
     images = [image for _, image in windows]
     if not any(image.any() for image in images):
         raise audio.AudioError("gives only blank spectrogram images (nothing to predict from)")
@@ -267,7 +268,7 @@ def _draw_probabilities(axes, explanation: Explanation, classes: Sequence[str]) 
 
 def _frequency_axis(axes, settings: audio.AudioSettings) -> None:
     """Label a band axis in Hz: a tick at the band whose filter peaks nearest each of FREQUENCY_TICKS_HZ."""
-    centres = audio.mel_band_edges(settings)[1:-1]  # band i peaks at edges[i + 1]
+    centres = mel.mel_band_edges(settings)[1:-1]  # band i peaks at edges[i + 1]
     ticks = [hz for hz in FREQUENCY_TICKS_HZ if centres[0] <= hz <= centres[-1]]
     axes.set_yticks(np.interp(ticks, centres, np.arange(centres.size)) + 0.5, [f"{hz:g}" for hz in ticks])
     axes.set_ylabel("frequency (Hz)")

@@ -8,8 +8,8 @@ refuses external data outside the model's folder). Nothing here unpickles (no pi
 an untrusted source cannot run code through predict, whatever other files it holds.
 
 Each recording goes through the same functions as in training: audio.load_audio (any rate,
-mono or stereo, resampled to the model's) -> audio.iter_recording_images (the training
-windows) -> audio.model_input (the training resize) -> the network -> metrics.combine_windows
+mono or stereo, resampled to the model's) -> mel.iter_recording_images (the training
+windows) -> mel.model_input (the training resize) -> the network -> metrics.combine_windows
 (the report's rule for a recording's probabilities). Windows are made and run through the
 network a few at a time, so memory does not grow with a recording's length.
 
@@ -31,6 +31,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.data import layouts
 from heartbeat.report import metrics
 from heartbeat.text import printable
@@ -89,7 +90,7 @@ class Predictor:
 
     def model_input(self, image: np.ndarray) -> np.ndarray:
         """A window's spectrogram image prepared as this model was trained on it (band_norm if so, then its size)."""
-        return audio.model_input(image, self.image_size, self.band_norm)
+        return mel.model_input(image, self.image_size, self.band_norm)
 
     def window_probabilities(self, images: Iterable[np.ndarray]) -> np.ndarray:
         """uint8 (S, S) model-input images -> (n_windows, n_classes) float32 probabilities.
@@ -120,7 +121,7 @@ class Predictor:
         blank = []  # one flag per window, kept while the images themselves are not
 
         def model_inputs() -> Iterator[np.ndarray]:
-            for _, image in audio.iter_recording_images(signal):
+            for _, image in mel.iter_recording_images(signal):
                 blank.append(not image.any())
                 yield self.model_input(image)
 

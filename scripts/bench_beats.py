@@ -20,6 +20,7 @@ import soundfile
 import benchlib
 from benchlib import figures, target
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.data import beats
 from heartbeat.data.synth import heartbeat_signal
 
@@ -42,11 +43,11 @@ def main() -> None:
         soundfile.write(str(path), heartbeat_signal("normal", SECONDS), audio.SETTINGS.sample_rate)
         signal = audio.load_audio(path)
         rhythm = beats.segment(signal)  # first call untimed: imports and caches are not per-file costs
-        audio.recording_images(audio.load_audio(path))
+        mel.recording_images(audio.load_audio(path))
         segment_ms, read_mel_ms = [], []
         for _ in range(args.repeats):
             segment_ms.append(milliseconds(lambda: beats.segment(signal)))
-            read_mel_ms.append(milliseconds(lambda: audio.recording_images(audio.load_audio(path))))
+            read_mel_ms.append(milliseconds(lambda: mel.recording_images(audio.load_audio(path))))
     segment_median, read_mel_median = statistics.median(segment_ms), statistics.median(read_mel_ms)
     figures([
         ("recording", f"{SECONDS:g} s at {audio.SETTINGS.sample_rate} Hz; found {rhythm.heart_rate_bpm:.1f} bpm, "

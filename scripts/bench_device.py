@@ -100,14 +100,14 @@ def spectrogram_windows(spectrograms: Path, count: int, image_size: int):
     import torch
     from PIL import Image
 
-    from heartbeat.data import audio
+    from heartbeat.data import mel
 
     with open(spectrograms / "manifest.csv", newline="") as handle:
         names = [row["image"] for row in csv.DictReader(handle)][:count]
     images = []
     for name in names:
         with Image.open(spectrograms / name) as png:
-            images.append(audio.model_input(np.asarray(png.convert("L")), image_size))
+            images.append(mel.model_input(np.asarray(png.convert("L")), image_size))
     return torch.from_numpy(np.stack(images))
 
 

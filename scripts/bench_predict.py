@@ -103,6 +103,8 @@ def five_second_recording(data: Path, workdir: Path) -> tuple[Path, Path]:
     import soundfile
 
     from heartbeat.data import audio
+    from heartbeat.data import mel
+    from heartbeat.data import png
 
     def distance(path: Path) -> float:
         info = soundfile.info(str(path))
@@ -110,10 +112,10 @@ def five_second_recording(data: Path, workdir: Path) -> tuple[Path, Path]:
         return abs(seconds - 5.0) if seconds <= audio.SETTINGS.window_seconds else float("inf")
 
     wav = min(sorted((data / "set_b").glob("*.wav")), key=distance)
-    png = workdir / f"{wav.stem}.png"
-    (_, image), = audio.recording_images(audio.load_audio(wav))
-    png.write_bytes(audio.encode_png(image))
-    return wav, png
+    image_path = workdir / f"{wav.stem}.png"
+    (_, image), = mel.recording_images(audio.load_audio(wav))
+    image_path.write_bytes(png.encode_png(image))
+    return wav, image_path
 
 
 def network_seconds_per_window(run: Path, png: Path) -> float:

@@ -3,7 +3,7 @@
     python scripts/device_shift.py --data DATA_DIR "name=CV_DIR" ["name=CV_DIR" ...] [--out table.csv]
 
 For every `heartbeat cv` folder given, each fold's model (runs/<seed-fold>/model.onnx, run by
-predict's own code: audio.iter_recording_images, Predictor.window_probabilities, the mean of the
+predict's own code: mel.iter_recording_images, Predictor.window_probabilities, the mean of the
 windows) classifies its fold's validation recordings, read from DATA_DIR, once as they are and
 once after each simulated device shift of the waveform. The shifts lie outside the ranges the
 `device_colour` lever trains on (tilt within +-3 dB/octave, low cut 20-80 Hz, high cut
@@ -74,6 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     from heartbeat import predict
     from heartbeat.data import audio
+    from heartbeat.data import mel
     from heartbeat.report import metrics
     from heartbeat.text import from_spreadsheet_cell
 
@@ -90,7 +91,7 @@ def main() -> int:
         images = {}
         for index, name in enumerate(recordings):
             signal = shifted(clean[name], shift, audio.SETTINGS.sample_rate, seed=index)
-            images[name] = [image for _, image in audio.iter_recording_images(signal)]
+            images[name] = [image for _, image in mel.iter_recording_images(signal)]
         for cv_name, runs in runs_of.items():
             for run in runs:
                 predictor = predictors[run]

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import clicks, sine, write_wav
 from heartbeat.data import audio
+from heartbeat.data import mel
+from heartbeat.data import png
 
 SETTINGS = audio.SETTINGS
 
@@ -26,11 +28,11 @@ def test_mel_power_matches_librosa():
         y=signal, sr=SETTINGS.sample_rate, n_fft=SETTINGS.n_fft, win_length=SETTINGS.win_length,
         hop_length=SETTINGS.hop_length, n_mels=SETTINGS.n_mels, fmin=SETTINGS.fmin, fmax=SETTINGS.fmax,
     )
-    ours = audio.mel_power(signal)
+    ours = mel.mel_power(signal)
     assert ours.shape == expected.shape == (SETTINGS.n_mels, SETTINGS.image_size)
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * expected.max())
     filters = librosa.filters.mel(sr=SETTINGS.sample_rate, n_fft=SETTINGS.n_fft, n_mels=SETTINGS.n_mels, fmin=SETTINGS.fmin, fmax=SETTINGS.fmax)
-    np.testing.assert_allclose(audio.mel_filterbank(), filters, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(mel.mel_filterbank(), filters, rtol=1e-5, atol=1e-8)
     assert (filters.sum(axis=1) > 0).all(), "a mel band with no FFT bin: the settings leave empty filters"
 
 
@@ -56,7 +58,7 @@ def test_windows_cover_the_recording(seconds):
 
 def test_images_are_square_uint8_with_low_frequencies_at_the_bottom():
     signal = sine(100, 3.0, 4000) + sine(1200, 3.0, 4000, 0.05)
-    (start_s, image), = audio.recording_images(signal)
+    (start_s, image), = mel.recording_images(signal)
     assert start_s == 0 and image.shape == (512, 512) and image.dtype == np.uint8
     row_energy = image[:, :200].astype(float).mean(axis=1)  # the first 2 s hold sound, the rest is padding
     loudest_row = int(row_energy.argmax())
@@ -68,7 +70,7 @@ def test_images_are_square_uint8_with_low_frequencies_at_the_bottom():
 def test_long_recording_gives_several_windows_on_one_scale():
     loud = sine(100, 6.0, 4000, 0.8)
     quiet = sine(100, 6.0, 4000, 0.008)  # 40 dB lower
-    images = audio.recording_images(np.concatenate([loud, quiet]))
+    images = mel.recording_images(np.concatenate([loud, quiet]))
     assert len(images) == 3
     # one dB reference per recording: the quiet part stays 40 dB (about 128 grey levels) darker
     assert images[0][1].max() == 255
@@ -78,8 +80,8 @@ def test_long_recording_gives_several_windows_on_one_scale():
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
 def test_bit_depths_give_the_same_image(tmp_path, subtype):
     signal = clicks(4.0, 4000) * 0.9
-    reference = audio.recording_images(audio.load_audio(write_wav(tmp_path / "ref.wav", signal, 4000, "FLOAT")))[0][1]
-    image = audio.recording_images(audio.load_audio(write_wav(tmp_path / f"x_{subtype}.wav", signal, 4000, subtype)))[0][1]
+    reference = mel.recording_images(audio.load_audio(write_wav(tmp_path / "ref.wav", signal, 4000, "FLOAT")))[0][1]
+    image = mel.recording_images(audio.load_audio(write_wav(tmp_path / f"x_{subtype}.wav", signal, 4000, subtype)))[0][1]
     tolerance = 6 if subtype == "PCM_U8" else 1  # 8-bit audio is coarse: its noise floor shows
     assert np.abs(image.astype(int) - reference.astype(int)).mean() < tolerance
 
@@ -87,8 +89,8 @@ def test_bit_depths_give_the_same_image(tmp_path, subtype):
 def test_stereo_44k_float_and_mono_4k_int16_agree(tmp_path):
     mono = clicks(4.0, 44100)
     stereo = np.stack([mono, mono], axis=1)
-    high = audio.recording_images(audio.load_audio(write_wav(tmp_path / "stereo.wav", stereo, 44100, "FLOAT")))[0][1]
-    low = audio.recording_images(audio.load_audio(write_wav(tmp_path / "mono.wav", audio.prepare_signal(mono, 44100), 4000)))[0][1]
+    high = mel.recording_images(audio.load_audio(write_wav(tmp_path / "stereo.wav", stereo, 44100, "FLOAT")))[0][1]
+    low = mel.recording_images(audio.load_audio(write_wav(tmp_path / "mono.wav", audio.prepare_signal(mono, 44100), 4000)))[0][1]
     assert np.abs(high.astype(int) - low.astype(int)).mean() < 2
 
 
@@ -108,20 +110,20 @@ def test_png_decodes_to_the_same_pixels(kind):
 
     rng = np.random.default_rng(2)
     image = {
-        "spectrogram": lambda: audio.recording_images(clicks(4.0, 4000))[0][1],
+        "spectrogram": lambda: mel.recording_images(clicks(4.0, 4000))[0][1],
         "random": lambda: rng.integers(0, 256, size=(37, 53), dtype=np.uint8),  # every byte difference wraps somewhere
         "one row": lambda: rng.integers(0, 256, size=(1, 9), dtype=np.uint8),
     }[kind]()
-    with Image.open(io.BytesIO(audio.encode_png(image))) as png:
-        png.load()
-        assert png.mode == "L" and png.size == (image.shape[1], image.shape[0])
-        np.testing.assert_array_equal(np.asarray(png), image)
+    with Image.open(io.BytesIO(png.encode_png(image))) as decoded:
+        decoded.load()
+        assert decoded.mode == "L" and decoded.size == (image.shape[1], image.shape[0])
+        np.testing.assert_array_equal(np.asarray(decoded), image)
 
 
 def test_png_is_deterministic():
     signal = clicks(7.0, 4000) + 0.01 * np.random.default_rng(1).standard_normal(28000).astype(np.float32)
-    first = [audio.encode_png(image) for _, image in audio.recording_images(signal)]
-    second = [audio.encode_png(image) for _, image in audio.recording_images(signal.copy())]
+    first = [png.encode_png(image) for _, image in mel.recording_images(signal)]
+    second = [png.encode_png(image) for _, image in mel.recording_images(signal.copy())]
     assert first == second
 
 
@@ -179,7 +181,7 @@ def test_a_12_s_recording_gives_the_windows_and_columns_the_table_says():
     # columns 400-410 of the first window.
     signal = np.zeros(48000, np.float32)
     signal[16000:16400] = sine(400, 0.1, 4000, 0.8)
-    images = audio.recording_images(signal)
+    images = mel.recording_images(signal)
     assert [start for start, _ in images] == [0.0, 13780 / 4000, 27560 / 4000] == [0.0, 3.445, 6.89]
     assert all(image.shape == (512, 512) and image.dtype == np.uint8 for _, image in images)
     loudest_column = int(images[0][1].astype(int).sum(axis=0).argmax())
@@ -278,8 +280,8 @@ def test_a_huge_float_signal_gives_the_images_of_the_same_sound_at_ordinary_leve
     huge = ordinary * np.float32(2.0**60)  # about 1e18: finite in float32, but its power spectrum was not
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's overflow warnings
-        huge_images = audio.recording_images(huge)
-    ordinary_images = audio.recording_images(ordinary)
+        huge_images = mel.recording_images(huge)
+    ordinary_images = mel.recording_images(ordinary)
     assert len(huge_images) == len(ordinary_images) == 2
     for (start, image), (ordinary_start, ordinary_image) in zip(huge_images, ordinary_images):
         assert start == ordinary_start
@@ -290,7 +292,7 @@ def test_a_huge_float_signal_gives_the_images_of_the_same_sound_at_ordinary_leve
 def test_a_signal_without_sound_in_the_mel_bands_is_refused_rather_than_imaged():
     # 1e-9: at or below the power floor everywhere, every pixel came out the same (all white).
     with pytest.raises(audio.AudioError, match="no sound between 20 and 2000 Hz"):
-        audio.recording_images(sine(100, 3.0, 4000, 1e-9))
+        mel.recording_images(sine(100, 3.0, 4000, 1e-9))
 
 
 # ---------------------------------------------------------------- windows made lazily, in bounded memory
@@ -301,13 +303,13 @@ def test_images_come_one_at_a_time_in_memory_that_does_not_grow_with_duration(mo
     def peak_while_consuming(signal) -> int:
         tracemalloc.start()
         try:
-            for _ in audio.iter_recording_images(signal):
+            for _ in mel.iter_recording_images(signal):
                 pass  # each image dropped once seen, as predict and stage 1 do
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
 
-    monkeypatch.setattr(audio, "KEPT_WINDOWS", 4)  # past it, mel powers are computed again, not kept
+    monkeypatch.setattr(mel, "KEPT_WINDOWS", 4)  # past it, mel powers are computed again, not kept
     window = SETTINGS.window_samples
     sound = clicks(24 * window / 4000, 4000)
     eight, twenty_four = peak_while_consuming(sound[: 8 * window]), peak_while_consuming(sound)
@@ -316,9 +318,9 @@ def test_images_come_one_at_a_time_in_memory_that_does_not_grow_with_duration(mo
 
 def test_computing_the_mel_powers_again_gives_the_same_images(monkeypatch):
     signal = clicks(30.0, 4000) + 0.01 * np.random.default_rng(3).standard_normal(120000).astype(np.float32)
-    kept = audio.recording_images(signal)
-    monkeypatch.setattr(audio, "KEPT_WINDOWS", 2)
-    computed_again = audio.recording_images(signal)
+    kept = mel.recording_images(signal)
+    monkeypatch.setattr(mel, "KEPT_WINDOWS", 2)
+    computed_again = mel.recording_images(signal)
     assert len(kept) == len(computed_again) == 6
     for (start, image), (start_again, image_again) in zip(kept, computed_again):
         assert start == start_again
@@ -332,18 +334,18 @@ def test_band_norm_removes_a_fixed_level_per_band_and_keeps_silence():
     offsets = rng.integers(-40, 40, (512, 1))  # another device's response: a fixed dB offset per band
     coloured = image.astype(np.int16)
     coloured[:, :400] += offsets
-    normalised = audio.band_normalised(image)
+    normalised = mel.band_normalised(image)
     assert normalised.dtype == np.uint8 and normalised.shape == image.shape
-    assert np.abs(normalised.astype(int) - audio.band_normalised(coloured.astype(np.uint8)).astype(int)).max() <= 1
+    assert np.abs(normalised.astype(int) - mel.band_normalised(coloured.astype(np.uint8)).astype(int)).max() <= 1
     assert (normalised[:, 400:] == 0).all() and (normalised[:, :400] > 0).all()
-    assert np.abs(normalised[:, :400].mean(axis=1) - audio.BAND_NORM_CENTRE).max() < 1  # each band at its own mean
+    assert np.abs(normalised[:, :400].mean(axis=1) - mel.BAND_NORM_CENTRE).max() < 1  # each band at its own mean
     silent = np.zeros((512, 512), np.uint8)
-    assert (audio.band_normalised(silent) == 0).all()
+    assert (mel.band_normalised(silent) == 0).all()
 
 
 def test_model_input_band_norm_comes_before_the_resize_and_is_off_by_default():
     image = np.random.default_rng(1).integers(1, 256, (512, 512)).astype(np.uint8)
-    assert audio.model_input(image, 512) is image
-    assert np.array_equal(audio.model_input(image, 64, band_norm=True),
-                          audio.model_input(audio.band_normalised(image), 64))
-    assert not np.array_equal(audio.model_input(image, 64, band_norm=True), audio.model_input(image, 64))
+    assert mel.model_input(image, 512) is image
+    assert np.array_equal(mel.model_input(image, 64, band_norm=True),
+                          mel.model_input(mel.band_normalised(image), 64))
+    assert not np.array_equal(mel.model_input(image, 64, band_norm=True), mel.model_input(image, 64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.train import augment
 
 
@@ -19,7 +19,7 @@ def band_pixels(frames: int, seed: int = 0, sounding: int | None = None) -> np.n
 
 def test_native_bands_gives_back_the_bands_of_a_stage_one_image_exactly():
     bands = band_pixels(512)
-    image = np.repeat(bands, 4, axis=0)  # as audio.mel_image repeats each band
+    image = np.repeat(bands, 4, axis=0)  # as mel.mel_image repeats each band
     assert np.array_equal(augment.native_bands(image), bands)
     with pytest.raises(ValueError, match="rows"):
         augment.native_bands(image[:500])
@@ -118,6 +118,6 @@ def test_noise_floor_raises_quiet_pixels_and_leaves_loud_ones():
 def test_a_waveform_gain_does_not_change_stage_one_images():
     # Why augment has no random gain: images are dB relative to the recording's own peak.
     signal = np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)
-    quiet = [image for _, image in audio.recording_images(signal)]
-    loud = [image for _, image in audio.recording_images(signal * 8.0)]
+    quiet = [image for _, image in mel.recording_images(signal)]
+    loud = [image for _, image in mel.recording_images(signal * 8.0)]
     assert all(np.array_equal(a, b) for a, b in zip(quiet, loud))

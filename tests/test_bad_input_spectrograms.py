@@ -609,17 +609,18 @@ def test_jobs_beyond_the_cap_is_refused_at_parse_time(case_root):
 
 
 def test_jobs_are_capped_at_the_cpus_and_the_recordings(case_root, monkeypatch):
+    from heartbeat.data import parallel
     from heartbeat.data import spectrograms as stage
     from heartbeat import workers
 
     pools = []
 
-    class SpyPool(stage.ProcessPoolExecutor):
+    class SpyPool(parallel.ProcessPoolExecutor):
         def __init__(self, max_workers=None, **options):
             pools.append(max_workers)
             super().__init__(max_workers=max_workers, **options)
 
-    monkeypatch.setattr(stage, "ProcessPoolExecutor", SpyPool)
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", SpyPool)
     monkeypatch.setattr(workers, "available_cpus", lambda: 64)  # a big machine: the 3 recordings are the cap
     stage.build_spectrograms(case_root / "data", case_root / "out", jobs=1000, progress=False)
     monkeypatch.setattr(workers, "available_cpus", lambda: 2)  # a small one: its CPUs are
@@ -668,7 +669,7 @@ def test_write_failure_in_out_is_one_error_about_out_and_the_manifest_stays(case
     import errno
 
     from heartbeat import cli
-    from heartbeat.data import spectrograms as stage
+    from heartbeat.data import manifest, parallel
 
     data, out = case_root / "data", case_root / "out"
     assert spectrograms(data, out, "--jobs", "1").returncode == 0
@@ -679,7 +680,8 @@ def test_write_failure_in_out_is_one_error_about_out_and_the_manifest_stays(case
     def disk_full(path, data_):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(stage, "atomic_write_bytes", disk_full)
+    for module in (parallel, manifest):  # the images, then the manifest and its json files
+        monkeypatch.setattr(module, "atomic_write_bytes", disk_full)
     code = cli.main(["spectrograms", "--data", str(data), "--out", str(out), "--jobs", "1", "--quiet"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from heartbeat.data import audio
+from heartbeat.data import png
 from heartbeat.report.baseline import (PERCENTILES, RHYTHM_FEATURES, classical_predictions, feature_names,
                                 recording_features)
 from heartbeat.report.cv import CLASSICAL_TITLE, classical_run, classical_verdict
@@ -30,7 +31,7 @@ def write_recording(folder, name: str, band_levels: list[np.ndarray]) -> list[di
     rows = []
     for window, levels in enumerate(band_levels):
         image = f"images/{name}_w{window:02d}.png"
-        (folder / image).write_bytes(audio.encode_png(band_image(levels)))
+        (folder / image).write_bytes(png.encode_png(band_image(levels)))
         rows.append({"recording": f"{name}.wav", "window": window, "image": image})
     return rows
 
@@ -79,7 +80,7 @@ def test_a_periodic_envelope_gives_its_beat_lag_across_windows(tmp_path, beat_s)
 
 
 def test_only_stage_ones_own_images_are_read(tmp_path):
-    (tmp_path / "outside.png").write_bytes(audio.encode_png(band_image(np.full((N_MELS, SIZE), 9))))
+    (tmp_path / "outside.png").write_bytes(png.encode_png(band_image(np.full((N_MELS, SIZE), 9))))
     windows = pd.DataFrame([{"recording": "a.wav", "window": 0, "image": "images/../outside.png"}])
     with pytest.raises(ValueError, match="not one of stage 1's own images"):
         recording_features(tmp_path, windows)

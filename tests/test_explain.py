@@ -21,6 +21,7 @@ import pytest
 from conftest import sine
 from heartbeat import explain
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.predict import INPUT_NAME, OUTPUT_NAME, load_predictor
 
 RATE = audio.SETTINGS.sample_rate
@@ -67,7 +68,7 @@ def region_model(folder: Path, bands: tuple[int, int], frames: tuple[int, int] |
 
 
 def band_centre_hz(band: int) -> float:
-    return float(audio.mel_band_edges()[band + 1])
+    return float(mel.mel_band_edges()[band + 1])
 
 
 def background(seconds: float, seed: int = 0) -> np.ndarray:
@@ -83,7 +84,7 @@ def add_burst(signal: np.ndarray, hz: float, start: float, stop: float, amplitud
 
 def region_mean(signal: np.ndarray, bands: tuple[int, int], frames: tuple[int, int] | None, window: int = 0) -> float:
     """The mean pixel (0..1) a region model reads from one window of `signal` (to set its threshold)."""
-    image = audio.recording_images(signal)[window][1]
+    image = mel.recording_images(signal)[window][1]
     rows = slice((N_MELS - bands[1]) * ROWS_PER_BAND, (N_MELS - bands[0]) * ROWS_PER_BAND)
     return float(image[rows, slice(*(frames or (0, SIZE)))].mean()) / 255.0
 
@@ -116,7 +117,7 @@ def test_saliency_is_high_inside_the_region_the_model_reads_and_zero_elsewhere(t
     assert np.abs(explanation.saliency[~inside]).max() < 1e-6
     # The model's log-odds are 2 * gain * (mean - threshold): hiding the first half of the region (frames 96-119)
     # with each row's mean level lowers them by exactly 2 * gain * (the brightness it takes away) / the region's size.
-    image = audio.recording_images(tone_recording)[0][1].astype(float)
+    image = mel.recording_images(tone_recording)[0][1].astype(float)
     rows = slice((N_MELS - BANDS[1]) * ROWS_PER_BAND, (N_MELS - BANDS[0]) * ROWS_PER_BAND)
     neutral = np.rint(image[rows][:, image.max(axis=0) > 0].mean(axis=1))  # over the sounding frames
     taken = (image[rows, FRAMES[0]:FRAMES[0] + explain.PATCH_FRAMES] - neutral[:, None]).sum()

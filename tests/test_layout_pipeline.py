@@ -18,7 +18,8 @@ from heartbeat.data import layouts
 from heartbeat.data import synth
 from heartbeat.report.evaluate import evaluate
 from heartbeat.report.metrics import classification_metrics
-from heartbeat.data.spectrograms import build_spectrograms, stage_item
+from heartbeat.data.manifest import stage_item
+from heartbeat.data.spectrograms import build_spectrograms
 from heartbeat.train.run import TrainSettings, train
 
 

@@ -26,6 +26,7 @@ import soxr
 from conftest import write_wav
 from heartbeat import cli, config
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.predict import INPUT_NAME, WINDOWS_PER_RUN, ModelError, Prediction, load_predictor, predict_files
 from heartbeat.data.synth import heartbeat_signal
 
@@ -281,14 +282,14 @@ def test_a_long_recordings_windows_are_made_and_run_a_few_at_a_time(trained_run,
     # A recording's windows never wait all together: that memory grew with the recording's length.
     predictor = load_predictor(trained_run["run"])
     windows_made = []
-    make_windows = audio.iter_recording_images
+    make_windows = mel.iter_recording_images
 
     def counted(signal, settings=audio.SETTINGS):
         for window in make_windows(signal, settings):
             windows_made.append(window[0])
             yield window
 
-    monkeypatch.setattr(audio, "iter_recording_images", counted)
+    monkeypatch.setattr(mel, "iter_recording_images", counted)
     spy = predictor._session = _SpySession(predictor._session, windows_made)
     signal = heartbeat_signal("murmur", 61.0, rng=np.random.default_rng(6))  # ceil(61 / 5.11) = 12 windows
 
@@ -325,7 +326,7 @@ def test_non_finite_probabilities_are_a_model_error_not_an_answer(trained_run, g
 
 def test_a_recording_whose_images_are_all_blank_is_not_predicted(trained_run, good_wav, monkeypatch):
     blank = np.zeros((audio.SETTINGS.image_size,) * 2, np.uint8)
-    monkeypatch.setattr(audio, "iter_recording_images", lambda signal, settings=audio.SETTINGS: iter([(0.0, blank)] * 2))
+    monkeypatch.setattr(mel, "iter_recording_images", lambda signal, settings=audio.SETTINGS: iter([(0.0, blank)] * 2))
 
     with pytest.raises(audio.AudioError, match="blank"):
         load_predictor(trained_run["run"]).predict_file(good_wav)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from heartbeat.data import audio
+from heartbeat.data import png
 from heartbeat.train import model
 from heartbeat.train import nets
 from heartbeat.train.recipes import heartbeat as recipe
@@ -46,7 +46,7 @@ def windows_dir(tmp_path_factory):
         for window in range(n_windows):
             image = f"images/{label}__{index}_w{window:02d}.png"
             sounding = 512 if n_windows == 2 else 300 + 10 * index
-            (folder / image).write_bytes(audio.encode_png(stage_one_image(label, 100 * index + window, sounding)))
+            (folder / image).write_bytes(png.encode_png(stage_one_image(label, 100 * index + window, sounding)))
             rows.append({"image": image, "recording": recording, "label": label, "window": window,
                          "start_s": 3.0 * window, "is_valid": index >= 11})
     return pd.DataFrame(rows), folder

@@ -538,7 +538,7 @@ def test_results_grid_shows_every_class_present():
 
 def _spectrograms_for(folder: Path, predictions: pd.DataFrame) -> Path:
     """A stage-1-like folder: two windows per validation recording, each a distinct grey image."""
-    from heartbeat.data.spectrograms import MANIFEST_COLUMNS
+    from heartbeat.data.manifest import MANIFEST_COLUMNS
 
     (folder / "images").mkdir(parents=True)
     rows = []

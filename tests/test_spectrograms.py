@@ -13,9 +13,11 @@ from PIL import Image
 from conftest import REAL_DATA, needs_real_data
 from heartbeat import cli
 from heartbeat.data import audio
-from heartbeat.data import spectrograms
+from heartbeat.data import png
+from heartbeat.data import manifest as stage_files
+from heartbeat.data.manifest import MANIFEST_COLUMNS
+from heartbeat.data.spectrograms import build_spectrograms
 from heartbeat.fileio import atomic_path
-from heartbeat.data.spectrograms import MANIFEST_COLUMNS, build_spectrograms
 
 
 def manifest(out):
@@ -103,7 +105,7 @@ def test_interrupted_write_leaves_no_partial_file(dataset_dir, tmp_path, monkeyp
     images_before = image_bytes(out)
 
     calls = {"n": 0}
-    real_encode = audio.encode_png
+    real_encode = png.encode_png
 
     def encode_then_die(image):
         calls["n"] += 1
@@ -111,7 +113,7 @@ def test_interrupted_write_leaves_no_partial_file(dataset_dir, tmp_path, monkeyp
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
         return real_encode(image)
 
-    monkeypatch.setattr(audio, "encode_png", encode_then_die)
+    monkeypatch.setattr(png, "encode_png", encode_then_die)
     with pytest.raises(KeyboardInterrupt):
         build_spectrograms(dataset_dir, out, jobs=1, progress=False, settings=dataclasses.replace(audio.SETTINGS, top_db=70.0))
     assert (out / "manifest.csv").read_bytes() == manifest_before
@@ -193,7 +195,7 @@ def test_real_data_a_few_recordings(tmp_path):
     ],
 )
 def test_only_plain_png_names_inside_images_count_as_this_stages_images(image, own):
-    assert spectrograms.is_own_image(image) is own
+    assert stage_files.is_own_image(image) is own
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "ten"])

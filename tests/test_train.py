@@ -48,7 +48,7 @@ def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]
     """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
     from PIL import Image
 
-    from heartbeat.data import audio
+    from heartbeat.data import mel
     from heartbeat.report import metrics
 
     network, info = model.load_model(run)  # safetensors + JSON: nothing is unpickled
@@ -57,7 +57,7 @@ def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]
     predictions = pd.read_csv(run / "predictions.csv")
     recomputed = []
     for _, row in predictions.iterrows():
-        images = [audio.model_input(np.asarray(Image.open(spectrograms / name)), info["image_size"])
+        images = [mel.model_input(np.asarray(Image.open(spectrograms / name)), info["image_size"])
                   for name in manifest.loc[manifest["recording"] == row["recording"], "image"]]
         with torch.no_grad():
             window_probs = classifier(model.images_to_tensor(images)).numpy()
@@ -305,7 +305,7 @@ def test_bad_inputs_to_train(trained_run, tmp_path, capsys):
 
 
 def test_spectrograms_made_with_other_audio_settings_are_refused(trained_run, tmp_path, capsys):
-    from heartbeat.data.spectrograms import SETTINGS_NAME
+    from heartbeat.data.manifest import SETTINGS_NAME
 
     spectrograms = tmp_path / "spectrograms"
     shutil.copytree(trained_run["spectrograms"], spectrograms, ignore=shutil.ignore_patterns("features"))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from heartbeat.data import audio
-from heartbeat.data.spectrograms import is_own_image
+from heartbeat.data.manifest import is_own_image
 
 # Per band: the 10th/50th/90th percentiles over frames give the band's quiet floor, typical
 # level and beat peaks (murmurs fill the gaps between beats, raising the floor in their bands).

@@ -33,7 +33,7 @@ from heartbeat.fileio import (atomic_directory, atomic_write_json, atomic_write_
 from heartbeat.report.metrics import classification_metrics, summarise_folds
 from heartbeat.report.run_report import heart_problem_sentence, markdown_text, plot_cv_folds, recording_groups_sentence
 from heartbeat.train.runfolder import prepare_output_folder
-from heartbeat.data.spectrograms import MANIFEST_NAME
+from heartbeat.data.manifest import MANIFEST_NAME
 from heartbeat.text import spreadsheet_frame
 from heartbeat.train.run import (TrainError, TrainSettings, feature_cache_dir, read_dataset, read_spectrograms, train,
                              uses_feature_cache)

@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator
 from heartbeat.data import layouts
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
 from heartbeat.report.metrics import classification_metrics
-from heartbeat.data.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
+from heartbeat.data.manifest import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
 from heartbeat.text import from_spreadsheet_cell, printable
 
 METRICS_FILE = "metrics.json"

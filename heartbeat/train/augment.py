@@ -22,6 +22,7 @@ import functools
 import numpy as np
 
 from heartbeat.data import audio
+from heartbeat.data import mel
 
 PIXELS_PER_DB = 255.0 / audio.SETTINGS.top_db  # the image's dB scale (3.19 pixel values per dB)
 DB_TO_LN = np.float32(np.log(10.0) / 10.0)  # power = exp(dB * DB_TO_LN): float32 exp/log, faster than 10 ** x
@@ -141,7 +142,7 @@ def level_shift(pixels: np.ndarray, rng: np.random.Generator, max_db: float) -> 
 @functools.lru_cache(maxsize=4)
 def band_octaves(settings: audio.AudioSettings = audio.SETTINGS) -> np.ndarray:
     """(n_mels, 1) column: each band's centre frequency in octaves above 100 Hz, in image orientation (highest first)."""
-    centres = audio.mel_band_edges(settings)[1:-1]
+    centres = mel.mel_band_edges(settings)[1:-1]
     octaves = np.log2(centres / 100.0)[::-1, None].astype(np.float32)
     octaves.flags.writeable = False  # cached and shared: nobody may change it
     return octaves

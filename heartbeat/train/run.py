@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.data import layouts
 from heartbeat.report import metrics
 from heartbeat.train import model
@@ -53,7 +54,7 @@ from heartbeat.fileio import (atomic_directory, atomic_path, atomic_write_json, 
                               exclusive_lock, remove_dead_leftovers)
 from heartbeat.train.progress import on_terminal, show_training
 from heartbeat.train.settings import MAX_IMAGE_SIZE, MAX_SEED, TrainError, TrainSettings, resolved  # noqa: F401 (re-exported)
-from heartbeat.data.spectrograms import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
+from heartbeat.data.manifest import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 from heartbeat.text import spreadsheet_frame
 
 # fastai's layers call torch.jit.script at import; the deprecation is theirs to act on, not our users'.
@@ -327,7 +328,7 @@ def load_image(spectrograms_dir: Path, image: str, image_size: int, band_norm: b
     from PIL import Image
 
     with Image.open(spectrograms_dir / image) as png:
-        return audio.model_input(np.asarray(png.convert("L")), image_size, band_norm)
+        return mel.model_input(np.asarray(png.convert("L")), image_size, band_norm)
 
 
 def image_dataloaders(spectrograms_dir: Path, windows: pd.DataFrame, classes: list[str], settings: TrainSettings,

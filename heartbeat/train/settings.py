@@ -31,7 +31,7 @@ LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_co
 # (--mode finetune, --no-pretrained); oversample is --balance's there.
 IMAGE_LEVERS = ("random_windows", "specaugment", "device_colour")
 # The published recipe's levers: the augmentations, and band_norm as a preparation of every input image (in every
-# mode: it is no augmentation, and predict applies it too; see audio.band_normalised). None is on by default (the
+# mode: it is no augmentation, and predict applies it too; see mel.band_normalised). None is on by default (the
 # study). Measured from scratch at 64 px, seeds 3-5 (README): band_norm balanced accuracy +0.002 +- 0.012, and no
 # loss under simulated device filters; random_windows + specaugment -0.085 +- 0.016 in the published 5 epochs.
 PUBLISHED_LEVERS = ("band_norm", *IMAGE_LEVERS)
@@ -269,7 +269,7 @@ class TrainSettings:
         return [] if self.recipe != "published" else [name for name in self.lever_names() if name in IMAGE_LEVERS]
 
     def input_band_norm(self) -> bool:
-        """The published recipe's band_norm: every input image band-normalised (audio.band_normalised)."""
+        """The published recipe's band_norm: every input image band-normalised (mel.band_normalised)."""
         return self.recipe == "published" and "band_norm" in self.lever_names()
 
     def _check_heartbeat_recipe(self) -> None:

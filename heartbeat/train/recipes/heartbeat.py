@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.train import augment
 from heartbeat.train import nets
 from heartbeat.train.progress import show_training
@@ -204,7 +204,7 @@ def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers,
 
     The same augmentations as the heartbeat recipe (`augmented`, with the named levers), on the
     window's native bands, then back to stage 1's layout (each band repeated to its rows) and
-    prepared for the network as any training image is (audio.model_input: band_norm, size). uint8
+    prepared for the network as any training image is (mel.model_input: band_norm, size). uint8
     (image_size, image_size). One Generator seeded once draws every choice in the order the
     images are asked for, so a run with fastai's seeded batch order repeats.
     """
@@ -218,7 +218,7 @@ def image_augmenter(spectrograms_dir: Path, train_windows: pd.DataFrame, levers,
     def augmented_image(row) -> np.ndarray:
         window = augmented(by_image[row["image"]], mels.get(row["recording"]), chosen, rng)
         bands = np.clip(np.rint(window), 0, 255).astype(np.uint8)
-        return audio.model_input(np.repeat(bands, nets.ROWS_PER_BAND, axis=0), image_size, band_norm)
+        return mel.model_input(np.repeat(bands, nets.ROWS_PER_BAND, axis=0), image_size, band_norm)
 
     return augmented_image
 
