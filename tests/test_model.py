@@ -124,6 +124,18 @@ def test_a_weights_file_that_is_not_one_of_the_two_names_is_refused(trained_run,
     assert "\n" not in message and str(folder / model.MODEL_FILE) in message and "weights_file" in message
 
 
+def test_onnx_weights_through_a_symlink_are_one_line(trained_run, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in (model.MODEL_FILE, model.ONNX_FILE):
+        shutil.copy(trained_run["run"] / name, folder / name)
+    (folder / model.ONNX_DATA_FILE).symlink_to(trained_run["run"] / model.ONNX_DATA_FILE)
+    with pytest.raises(model.ModelError) as raised:
+        model.load_model(folder)
+    message = str(raised.value)
+    assert "\n" not in message and str(folder / model.ONNX_FILE) in message and "symbolic link" in message
+
+
 def test_onnx_weights_read_only_from_the_data_file_beside_it(trained_run, tmp_path):
     import onnx
 

@@ -419,6 +419,8 @@ def test_a_planted_pickle_is_never_unpickled(trained_run, tmp_path, good_wav, ca
     assert marker.exists()
     marker.unlink()
     folder = model_folder_copy(trained_run["run"], tmp_path / "untrusted-run")
+    (folder / "model.onnx.data").unlink()  # load_model, like onnx, reads the weights from a regular file only
+    shutil.copy(trained_run["run"] / "model.onnx.data", folder / "model.onnx.data")
     for name in ("export.pkl", "model.pkl", "learner.pkl", "model.pth", "model.pt", "pytorch_model.bin", "checkpoint.pth"):
         (folder / name).write_bytes(payload)
 

@@ -260,7 +260,7 @@ def _onnx_initializers(path: Path) -> dict[str, np.ndarray]:
         return {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.graph.initializer}
     except FileNotFoundError as error:
         raise ModelError(f"{error.filename or path}: not found (not a complete run folder)") from None
-    except (OSError, ValueError, DecodeError) as error:
+    except (OSError, ValueError, DecodeError, onnx.checker.ValidationError) as error:  # e.g. data through a symlink
         raise ModelError(f"{path}: not a readable ONNX model ({str(error).strip().splitlines()[0]:.200})") from None
 
 
