@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from badinput import REPO, assert_one_line_error, hold_lock, run_cli, snapshot
-from heartbeat import cli, fileio
+from heartbeat import cli, cli_study, fileio
 from heartbeat.train import run as train
 from heartbeat.report.cv import cross_validate
 from heartbeat.train.run import TrainError, TrainSettings
@@ -103,7 +103,7 @@ def test_command_line_and_library_share_their_limits():
     parser = cli.build_parser()
     highest = ["--seed", str(train.MAX_SEED), "--image-size", str(train.MAX_IMAGE_SIZE), "--unfreeze-epochs", "0"]
     args = parser.parse_args(["train", *highest])
-    cli._train_settings(args).validate()  # the largest values one accepts, the other accepts
+    cli_study._train_settings(args).validate()  # the largest values one accepts, the other accepts
     for flag, value in [("--seed", train.MAX_SEED + 1), ("--image-size", train.MAX_IMAGE_SIZE + 1)]:
         with pytest.raises(SystemExit):
             parser.parse_args(["train", flag, str(value)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from heartbeat import cli
+from heartbeat import cli, cli_study
 
 
 @pytest.mark.parametrize("arguments, named", [
@@ -27,7 +27,7 @@ def test_argument_errors_are_one_line_naming_the_flag(capsys, arguments, named):
 def test_synth_formats_are_the_layouts_the_readers_know():
     from heartbeat.data import layouts
 
-    assert cli.SYNTH_FORMATS == layouts.FORMATS
+    assert cli_study.SYNTH_FORMATS == layouts.FORMATS
 
 
 @pytest.mark.parametrize("layout", ["pascal-b", "pascal-a", "physionet2016", "circor2022", "folders", "csv"])

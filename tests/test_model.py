@@ -35,15 +35,124 @@ def classifier_probabilities(network, images) -> np.ndarray:
         return model.Classifier(network).eval()(model.images_to_tensor(images)).numpy()
 
 
-def test_a_run_that_trained_its_body_keeps_the_whole_network(trained_run):
-    from safetensors.torch import load_file
+def onnx_initializers(onnx_path) -> dict[str, np.ndarray]:
+    """The ONNX export's tensors by name, read with onnx itself (not through model.py)."""
+    import onnx
+    from onnx import numpy_helper
 
+    return {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(onnx_path)).graph.initializer}
+
+
+def same_state(state: dict, other: dict) -> bool:
+    """Every tensor equal, bit for bit; a BatchNorm's num_batches_tracked (a step counter, not exported) aside."""
+    keys = [key for key in state if not key.endswith(".num_batches_tracked")]
+    return state.keys() == other.keys() and all(torch.equal(state[key], other[key]) for key in keys)
+
+
+def test_a_run_that_trained_its_body_keeps_the_network_once(trained_run):
     run = trained_run["run"]  # from scratch: every layer trained
     network, info = model.load_model(run)
-    assert info["body_trained"] is True and info["weights_file"] == model.WEIGHTS_FILE
-    assert not (run / model.HEAD_FILE).exists()
-    saved, state = load_file(str(run / model.WEIGHTS_FILE)), network.state_dict()
-    assert state.keys() == saved.keys() and all(torch.equal(state[key], saved[key]) for key in saved)
+    assert info["body_trained"] is True and info["weights_file"] == model.ONNX_FILE
+    assert not (run / model.HEAD_FILE).exists() and not (run / model.WEIGHTS_FILE).exists()
+    # One full copy: no other file in the folder is anywhere near the size of the ONNX's weights.
+    data_bytes = (run / model.ONNX_DATA_FILE).stat().st_size
+    large = [path.name for path in run.iterdir() if path.is_file() and path.stat().st_size > 0.5 * data_bytes]
+    assert large == [model.ONNX_DATA_FILE]
+    # The rebuilt network holds the ONNX's tensors under their names, bit for bit ...
+    saved = onnx_initializers(run / model.ONNX_FILE)
+    state = network.state_dict()
+    for key, value in state.items():
+        if not key.endswith(".num_batches_tracked"):
+            assert np.array_equal(value.numpy(), saved[model.EXPORTED_PREFIX + key]), key
+    # ... and answers as predict does from the same file.
+    images = random_windows(info["image_size"])
+    np.testing.assert_allclose(classifier_probabilities(network, images),
+                               load_predictor(run).window_probabilities(images), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "heartnet"])
+def test_the_onnx_export_gives_back_the_network_it_was_made_from(tmp_path, arch):
+    from heartbeat.train import nets
+
+    torch.manual_seed(0)
+    net = {"kind": "cnn1d", "channels": [8, 16], "input_pool": [1, 2]} if arch == nets.ARCH else None
+    network = model.build_model(3, arch, net)
+    with torch.no_grad():  # BatchNorm statistics as after training; weights of 1 and biases of 0 stay equal to
+        for key, value in network.state_dict().items():  # each other, which an export must not merge into one
+            if key.endswith("running_var"):
+                value.uniform_(0.5, 2.0)
+            elif key.endswith("running_mean"):
+                value.uniform_(-0.1, 0.1)
+    network.eval()
+    info = {"classes": ["a", "b", "c"], "image_size": 512 if net else 64, "arch": arch, **({"net": net} if net else {})}
+    model.save_model(tmp_path, network, info, body_trained=True, body_state_digest=None)
+    model.export_onnx(network, info["image_size"], tmp_path / model.ONNX_FILE)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [model.MODEL_FILE, model.ONNX_FILE, model.ONNX_DATA_FILE]
+    loaded, _ = model.load_model(tmp_path)
+    assert same_state(network.state_dict(), loaded.state_dict())
+
+
+def test_a_run_folder_from_before_still_loads_its_safetensors(trained_run, tmp_path):
+    from safetensors.torch import save_file
+
+    network, info = model.load_model(trained_run["run"])
+    with torch.no_grad():
+        for value in network.parameters():
+            value.add_(1.0)  # differs from the ONNX beside it: which file was read shows
+    older = tmp_path / "older-run"
+    older.mkdir()
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(older / model.WEIGHTS_FILE))
+    for name in (model.ONNX_FILE, model.ONNX_DATA_FILE):
+        shutil.copy(trained_run["run"] / name, older / name)
+    for named in (True, False):  # runs that named the file, and the first lean runs, which did not
+        described = {**info, "weights_file": model.WEIGHTS_FILE} if named else \
+            {key: value for key, value in info.items() if key != "weights_file"}
+        (older / model.MODEL_FILE).write_text(json.dumps(described))
+        loaded, _ = model.load_model(older)
+        assert same_state(network.state_dict(), loaded.state_dict())
+
+
+@pytest.mark.parametrize("weights_file", ["../elsewhere/model.onnx", "/etc/passwd", "head.safetensors", 7])
+def test_a_weights_file_that_is_not_one_of_the_two_names_is_refused(trained_run, tmp_path, weights_file):
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run["run"], folder)
+    info = json.loads((folder / model.MODEL_FILE).read_text())
+    (folder / model.MODEL_FILE).write_text(json.dumps({**info, "weights_file": weights_file}))
+    with pytest.raises(model.ModelError) as raised:
+        model.load_model(folder)
+    message = str(raised.value)
+    assert "\n" not in message and str(folder / model.MODEL_FILE) in message and "weights_file" in message
+
+
+def test_onnx_weights_through_a_symlink_are_one_line(trained_run, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in (model.MODEL_FILE, model.ONNX_FILE):
+        shutil.copy(trained_run["run"] / name, folder / name)
+    (folder / model.ONNX_DATA_FILE).symlink_to(trained_run["run"] / model.ONNX_DATA_FILE)
+    with pytest.raises(model.ModelError) as raised:
+        model.load_model(folder)
+    message = str(raised.value)
+    assert "\n" not in message and str(folder / model.ONNX_FILE) in message and "symbolic link" in message
+
+
+def test_onnx_weights_read_only_from_the_data_file_beside_it(trained_run, tmp_path):
+    import onnx
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run["run"], folder)
+    outside = tmp_path / "outside.data"
+    shutil.copy(folder / model.ONNX_DATA_FILE, outside)
+    graph = onnx.load(str(folder / model.ONNX_FILE), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.data"
+    onnx.save_model(graph, str(folder / model.ONNX_FILE))
+    with pytest.raises(model.ModelError) as raised:
+        model.load_model(folder)
+    message = str(raised.value)
+    assert "\n" not in message and str(folder / model.ONNX_FILE) in message and "outside" in message
 
 
 def test_a_features_mode_run_stores_the_head_alone_and_the_body_digest(features_run, standin_state):

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from heartbeat import cli
+from heartbeat import cli, cli_study
 from heartbeat.train import runfolder
 from heartbeat.train.settings import NOT_APPLICABLE, TrainSettings, resolved
 
@@ -23,7 +23,7 @@ def test_every_setting_has_its_flag_with_the_fields_default(command):
     args = parse(command, *extra)
     expected = {name: field.default for name, field in FIELDS.items() if command in field.metadata["commands"]}
     assert {name: getattr(args, name) for name in expected} == expected
-    assert cli._train_settings(args) == TrainSettings(**expected)
+    assert cli_study._train_settings(args) == TrainSettings(**expected)
     assert ("name" in expected) == (command == "train")  # --name names one run folder: train only
 
 
@@ -33,12 +33,12 @@ def test_every_flag_reaches_its_setting():
               "--unfreeze-epochs": "1", "--balance": "weights", "--device": "cpu", "--label-map": "murmur=abnormal",
               "--name": "x"}
     args = parse("train", *[part for flag, value in values.items() for part in (flag, value) if part is not None])
-    assert dataclasses.asdict(cli._train_settings(args)) == {
+    assert dataclasses.asdict(cli_study._train_settings(args)) == {
         "split": "random", "valid_fraction": 0.25, "seed": 7, "epochs": 2, "batch_size": 3, "image_size": 64,
         "pretrained": True, "weights": "w.pth", "offline": True, "mode": "finetune", "lr": 0.01, "unfreeze_epochs": 1,
         "balance": "weights", "precision": "fp32", "device": "cpu", "label_map": "murmur=abnormal", "name": "x",
         "recipe": "published", "levers": "default"}
-    assert cli._train_settings(parse("train", "--no-pretrained")).pretrained is False
+    assert cli_study._train_settings(parse("train", "--no-pretrained")).pretrained is False
 
 
 def test_help_shows_each_fields_help_and_choices(capsys):
@@ -78,7 +78,7 @@ def test_flags_that_do_nothing_together_are_refused_before_anything_runs(command
     assert "manifest" not in lines[0]  # refused before the spectrograms were even looked at
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match=named[0]):  # library callers get the same check
-        cli._train_settings(parse(command, "--out", "x", *flags))
+        cli_study._train_settings(parse(command, "--out", "x", *flags))
 
 
 def test_combinations_that_do_something_are_accepted():

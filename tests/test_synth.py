@@ -301,12 +301,12 @@ def test_synth_command_line_refuses_bad_input(arguments, named, tmp_path, capsys
 
 
 def test_synth_patients_cap_says_its_limit_and_why(capsys):
-    from heartbeat import cli
+    from heartbeat import cli, cli_study
 
     with pytest.raises(SystemExit) as refused:
-        cli.main(["synth", "--out", "unused", "--patients", str(cli.MAX_SYNTH_PATIENTS + 1)])
+        cli.main(["synth", "--out", "unused", "--patients", str(cli_study.MAX_SYNTH_PATIENTS + 1)])
     err = capsys.readouterr().err.strip()
     assert refused.value.code == 2 and "\n" not in err
-    assert f"between 1 and {cli.MAX_SYNTH_PATIENTS}" in err and "hours" in err
-    assert cli.build_parser().parse_args(["synth", "--out", "x", "--patients", str(cli.MAX_SYNTH_PATIENTS)]).patients \
-        == cli.MAX_SYNTH_PATIENTS
+    assert f"between 1 and {cli_study.MAX_SYNTH_PATIENTS}" in err and "hours" in err
+    assert cli.build_parser().parse_args(["synth", "--out", "x", "--patients", str(cli_study.MAX_SYNTH_PATIENTS)]).patients \
+        == cli_study.MAX_SYNTH_PATIENTS
