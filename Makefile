@@ -143,7 +143,7 @@ bench-device: $(INSTALLED) ## features pass and finetune epoch timed on the CPU 
 # in data/release (reused when present: delete it to start over). RELEASE_FLAGS: e.g. --check 40 (rebuild and
 # compare with the shipped model to 1e-4, replacing nothing).
 RELEASE_FLAGS ?=
-release-model: | $(INSTALLED) ## rebuild the bundled model and its model card from REAL_DATA (about 25 minutes on 2 cores)
+release-model: | $(INSTALLED) ## rebuild the bundled model and its model card from REAL_DATA (20-40 minutes on 2 cores, mostly the CV)
 	$(BIN)/python scripts/release_model.py --data $(REAL_DATA) $(RELEASE_FLAGS)
 
 clean: ## remove generated outputs under data/ (keeps data/README.md and the venv)
