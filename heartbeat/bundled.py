@@ -35,12 +35,14 @@ class ModelChoice:
     bundled: bool
 
 
-def resolve_model(value: str | None, runs_dir: Path, bundled_dir: Path = BUNDLED_DIR) -> ModelChoice:
+def resolve_model(value: str | None, runs_dir: Path, bundled_dir: Path | None = None) -> ModelChoice:
     """--model's value -> the folder that answers.
 
     None: runs_dir/latest when it exists (the user's own newest run), otherwise the bundled model;
     "builtin": the bundled model; anything else: that folder (checked when it is loaded).
+    bundled_dir: the bundled model's folder (default: BUNDLED_DIR, read at the call: tests replace it).
     """
+    bundled_dir = BUNDLED_DIR if bundled_dir is None else bundled_dir
     if value == BUILTIN or (value is None and not (runs_dir / "latest").exists()):
         return ModelChoice(bundled_dir, BUILTIN, True)
     folder = runs_dir / "latest" if value is None else Path(value)
@@ -55,8 +57,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_bundled(folder: Path = BUNDLED_DIR) -> None:
+def check_bundled(folder: Path | None = None) -> None:
     """ModelError (one line: the file, the problem, the fix) unless every bundled file is there with its recorded hash."""
+    folder = BUNDLED_DIR if folder is None else folder
     info_path = folder / MODEL_FILE
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -82,7 +85,7 @@ def check_bundled(folder: Path = BUNDLED_DIR) -> None:
 
 
 def load_model(value: str | None, runs_dir: Path, threads: int | None = None,
-               bundled_dir: Path = BUNDLED_DIR) -> Predictor:
+               bundled_dir: Path | None = None) -> Predictor:
     """resolve_model, then load_predictor; the bundled model's files are checked against their hashes first."""
     choice = resolve_model(value, runs_dir, bundled_dir)
     if choice.bundled:
@@ -90,8 +93,9 @@ def load_model(value: str | None, runs_dir: Path, threads: int | None = None,
     return load_predictor(choice.folder, threads, name=choice.name)
 
 
-def about(bundled_dir: Path = BUNDLED_DIR) -> str:
+def about(bundled_dir: Path | None = None) -> str:
     """The bundled model's card (MODEL_CARD.md) as text; ModelError if it is missing or not the one recorded."""
+    bundled_dir = BUNDLED_DIR if bundled_dir is None else bundled_dir
     check_bundled(bundled_dir)
     path = bundled_dir / CARD_FILE
     try:

@@ -48,6 +48,10 @@ OUTPUT_NAME = "probabilities"
 WINDOWS_PER_RUN = 4
 # How far a row of probabilities may sum from 1: float32 softmax rounding is about 1e-7 per class.
 PROBABILITY_SUM_TOLERANCE = 1e-3
+# beats.segment's arrays grow with the recording (its FFTs, the Viterbi's tables): a 10-minute recording
+# lifted predict's peak RSS by 160 MB. A longer recording is segmented this much at a time (the segmenter's
+# tested range is 0.76-30 s), and the parts' figures are combined (recording_rhythm).
+RHYTHM_PART_SECONDS = 30.0
 # Predict's table says this once, before its header (the JSON lines do not: they are for programs).
 INTENDED_USE = "heartbeat: for research and teaching only, not for diagnosis (see 'heartbeat predict --about')"
 
@@ -164,13 +168,35 @@ class Predictor:
         """
         signal = audio.load_audio(path, max_seconds=max_seconds)
         probabilities, windows = self.predict_signal(signal)
-        rhythm = beats.segment(signal, audio.SETTINGS.sample_rate)
+        heart_rate_bpm, beat_count, irregularity = recording_rhythm(signal, audio.SETTINGS.sample_rate)
         return Prediction(
             file=os.fsdecode(path), label=self.classes[int(np.argmax(probabilities))],
             probabilities={name: float(p) for name, p in zip(self.classes, probabilities)},
             windows=windows, model_id=self.model_id, model=self.name,
-            heart_rate_bpm=rhythm.heart_rate_bpm, beats=rhythm.beats, beat_irregularity=rhythm.irregularity,
+            heart_rate_bpm=heart_rate_bpm, beats=beat_count, beat_irregularity=irregularity,
         )
+
+
+def recording_rhythm(signal: np.ndarray, sample_rate: int) -> tuple[float | None, int, float | None]:
+    """(heart rate in bpm or None, beats, beat-interval irregularity or None) of a whole recording.
+
+    Up to 1.5 x RHYTHM_PART_SECONDS: beats.segment's own figures. Longer: segmented in parts of
+    RHYTHM_PART_SECONDS (the last one up to 1.5 x), so memory stays bounded; the rate is the median
+    of the reliable parts', the beats their sum, the irregularity that of all their beat intervals
+    (beats.segment's coefficient of variation). No reliable part: None, 0, None.
+    """
+    part = int(RHYTHM_PART_SECONDS * sample_rate)
+    starts = list(range(0, max(signal.size - part // 2, 1), part))
+    ends = starts[1:] + [signal.size]
+    rhythms = [beats.segment(signal[start:end], sample_rate) for start, end in zip(starts, ends)]
+    reliable = [rhythm for rhythm in rhythms if rhythm.reliable]
+    if not reliable:
+        return None, 0, None
+    if len(rhythms) == 1:
+        return reliable[0].heart_rate_bpm, reliable[0].beats, reliable[0].irregularity
+    intervals = np.concatenate([rhythm.beat_intervals for rhythm in reliable])
+    return (float(np.median([rhythm.heart_rate_bpm for rhythm in reliable])), sum(r.beats for r in reliable),
+            float(intervals.std() / intervals.mean()))
 
 
 def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], *,

@@ -507,6 +507,25 @@ def test_a_recording_of_known_rate_gets_its_heart_rate(trained_run, tmp_path, bp
     assert json.loads(prediction.to_json())["heart_rate_bpm"] == prediction.heart_rate_bpm
 
 
+def test_a_long_recordings_rhythm_is_found_part_by_part(trained_run, tmp_path, monkeypatch):
+    from heartbeat import predict
+    from test_beats import RATE, heartbeats
+
+    segmented = []
+    real_segment = predict.beats.segment
+    monkeypatch.setattr(predict.beats, "segment", lambda signal, rate: segmented.append(signal.size) or
+                        real_segment(signal, rate))
+    signal, onsets = heartbeats(72, seconds=70.0, snr_db=10.0)
+    path = write_wav(tmp_path / "long.wav", signal / np.abs(signal).max() * 0.5, RATE)
+
+    prediction = load_predictor(trained_run["run"]).predict_file(path)
+
+    assert max(segmented) <= 1.5 * predict.RHYTHM_PART_SECONDS * RATE and sum(segmented) == signal.size
+    assert abs(prediction.heart_rate_bpm - 72) <= 3
+    assert abs(prediction.beats - len(onsets)) <= 2 * len(segmented)  # each part may lose a beat at either edge
+    assert prediction.beat_irregularity < 0.05
+
+
 def test_noise_gets_no_heart_rate_but_still_a_class(trained_run, tmp_path, capsys):
     noise = np.random.default_rng(4).standard_normal(10 * 4000).astype(np.float32) * 0.2
     path = write_wav(tmp_path / "noise.wav", noise, 4000)
