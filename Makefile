@@ -38,7 +38,7 @@ STAGE1_SOURCES := $(wildcard heartbeat/data/*.py heartbeat/data/*/*.py) heartbea
 same-text = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
 stamp = $(if $(wildcard $(dir $(1))),$(if $(call same-text,$(strip $(2)),$(file <$(1))),,$(file >$(1),$(strip $(2)))))
 
-.PHONY: help install spectrograms train cv evaluate demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device clean
+.PHONY: help install spectrograms train cv evaluate demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device release-model clean
 
 help: ## list the targets
 	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
@@ -137,6 +137,14 @@ bench-predict: $(INSTALLED) ## predict cold start vs fastai load_learner, all 65
 bench-device: $(INSTALLED) ## features pass and finetune epoch timed on the CPU and the GPU side by side (stand-in weights; BENCH_WINDOWS=16)
 	$(BIN)/python scripts/bench_device.py $(if $(BENCH_WINDOWS),--windows $(BENCH_WINDOWS)) \
 		$(if $(BENCH_SPECTROGRAMS),--spectrograms $(BENCH_SPECTROGRAMS))
+
+# The bundled model (heartbeat/models/builtin/) and its MODEL_CARD.md, from REAL_DATA: stage 1, the heartbeat recipe
+# on every labelled recording (seed 1), its CV on seeds 3-5 and the device shift for the card. Intermediate outputs
+# in data/release (reused when present: delete it to start over). RELEASE_FLAGS: e.g. --check 40 (rebuild and
+# compare with the shipped model to 1e-4, replacing nothing).
+RELEASE_FLAGS ?=
+release-model: | $(INSTALLED) ## rebuild the bundled model and its model card from REAL_DATA (20-40 minutes on 2 cores, mostly the CV)
+	$(BIN)/python scripts/release_model.py --data $(REAL_DATA) $(RELEASE_FLAGS)
 
 clean: ## remove generated outputs under data/ (keeps data/README.md and the venv)
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

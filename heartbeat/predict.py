@@ -31,6 +31,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from heartbeat.data import audio
+from heartbeat.data import beats
 from heartbeat.data import mel
 from heartbeat.data import layouts
 from heartbeat.report import metrics
@@ -48,6 +49,12 @@ OUTPUT_NAME = "probabilities"
 WINDOWS_PER_RUN = 4
 # How far a row of probabilities may sum from 1: float32 softmax rounding is about 1e-7 per class.
 PROBABILITY_SUM_TOLERANCE = 1e-3
+# beats.segment's arrays grow with the recording (its FFTs, the Viterbi's tables): a 10-minute recording
+# lifted predict's peak RSS by 160 MB. A longer recording is segmented this much at a time (the segmenter's
+# tested range is 0.76-30 s), and the parts' figures are combined (recording_rhythm).
+RHYTHM_PART_SECONDS = 30.0
+# Predict's table says this once, before its header (the JSON lines do not: they are for programs).
+INTENDED_USE = "heartbeat: for research and teaching only, not for diagnosis (see 'heartbeat predict --about')"
 
 
 class ModelError(RuntimeError):
@@ -61,13 +68,31 @@ class Prediction:
     probabilities: dict[str, float]  # per class, in the model's class order; sums to 1
     windows: int  # image windows the recording was cut into
     model_id: str
+    # Added after the first five: the JSON keeps those keys and only gains these.
+    model: str = ""  # which model answered, as resolved: "builtin" or the model folder
+    heart_rate_bpm: float | None = None  # beats.segment's; None when it finds no reliable rhythm
+    beats: int = 0
+    beat_irregularity: float | None = None  # coefficient of variation of the beat intervals; None when unreliable
+
+    @property
+    def heart_problem(self) -> float | None:
+        """1 - p(normal): the probability of any heart problem; None for a model without a normal class."""
+        return heart_problem(self.probabilities)
 
     def to_json(self) -> str:
         # allow_nan=False: a NaN would print as `NaN`, which is not JSON (predict_file refuses
         # non-finite probabilities first; this is the last guard). ensure_ascii (the default)
         # escapes a file name that is not valid UTF-8, so the line stays valid JSON.
         return json.dumps({"file": self.file, "label": self.label, "probabilities": self.probabilities,
-                           "windows": self.windows, "model_id": self.model_id}, allow_nan=False)
+                           "windows": self.windows, "model_id": self.model_id, "model": self.model,
+                           "heart_problem": self.heart_problem, "heart_rate_bpm": self.heart_rate_bpm,
+                           "beats": self.beats, "beat_irregularity": self.beat_irregularity}, allow_nan=False)
+
+
+def heart_problem(probabilities: dict[str, float]) -> float | None:
+    """1 - p(normal), the report's heart-problem rule (layouts.normal_class); None without a normal class."""
+    normal = layouts.normal_class(list(probabilities))
+    return None if normal is None else max(0.0, 1.0 - probabilities[normal])  # never -0.0000 from rounding
 
 
 @dataclass(frozen=True)
@@ -79,8 +104,9 @@ class Failure:
 class Predictor:
     """A loaded model: classes, image size and an onnxruntime session."""
 
-    def __init__(self, run_dir: Path, info: dict, session):
+    def __init__(self, run_dir: Path, info: dict, session, name: str | None = None):
         self.run_dir = run_dir
+        self.name = os.fsdecode(run_dir) if name is None else name  # Prediction.model: which model answered
         self.classes: list[str] = list(info["classes"])
         self.image_size: int = int(info["image_size"])
         self.band_norm: bool = info.get("input_band_norm", False)  # absent in models trained before it existed
@@ -138,14 +164,40 @@ class Predictor:
         """Classify one recording.
 
         Raises audio.AudioError when the recording cannot be read or used, ModelError when the
-        network's answer is not finite (broken weights).
+        network's answer is not finite (broken weights). The heart rate comes from the same
+        signal (beats.segment, about 20 ms per 10 s): no second read.
         """
-        probabilities, windows = self.predict_signal(audio.load_audio(path, max_seconds=max_seconds))
+        signal = audio.load_audio(path, max_seconds=max_seconds)
+        probabilities, windows = self.predict_signal(signal)
+        heart_rate_bpm, beat_count, irregularity = recording_rhythm(signal, audio.SETTINGS.sample_rate)
         return Prediction(
             file=os.fsdecode(path), label=self.classes[int(np.argmax(probabilities))],
             probabilities={name: float(p) for name, p in zip(self.classes, probabilities)},
-            windows=windows, model_id=self.model_id,
+            windows=windows, model_id=self.model_id, model=self.name,
+            heart_rate_bpm=heart_rate_bpm, beats=beat_count, beat_irregularity=irregularity,
         )
+
+
+def recording_rhythm(signal: np.ndarray, sample_rate: int) -> tuple[float | None, int, float | None]:
+    """(heart rate in bpm or None, beats, beat-interval irregularity or None) of a whole recording.
+
+    Up to 1.5 x RHYTHM_PART_SECONDS: beats.segment's own figures. Longer: segmented in parts of
+    RHYTHM_PART_SECONDS (the last one up to 1.5 x), so memory stays bounded; the rate is the median
+    of the reliable parts', the beats their sum, the irregularity that of all their beat intervals
+    (beats.segment's coefficient of variation). No reliable part: None, 0, None.
+    """
+    part = int(RHYTHM_PART_SECONDS * sample_rate)
+    starts = list(range(0, max(signal.size - part // 2, 1), part))
+    ends = starts[1:] + [signal.size]
+    rhythms = [beats.segment(signal[start:end], sample_rate) for start, end in zip(starts, ends)]
+    reliable = [rhythm for rhythm in rhythms if rhythm.reliable]
+    if not reliable:
+        return None, 0, None
+    if len(rhythms) == 1:
+        return reliable[0].heart_rate_bpm, reliable[0].beats, reliable[0].irregularity
+    intervals = np.concatenate([rhythm.beat_intervals for rhythm in reliable])
+    return (float(np.median([rhythm.heart_rate_bpm for rhythm in reliable])), sum(r.beats for r in reliable),
+            float(intervals.std() / intervals.mean()))
 
 
 def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], *,
@@ -195,12 +247,13 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 # ---------------------------------------------------------------- loading a model
 
-def load_predictor(run_dir: str | os.PathLike, threads: int | None = None) -> Predictor:
+def load_predictor(run_dir: str | os.PathLike, threads: int | None = None, *, name: str | None = None) -> Predictor:
     """Open a model folder: read model.json, check its audio settings, open model.onnx.
 
     Raises ModelError with a one-line message for a missing or incomplete folder, a malformed
     model.json, audio settings that differ from this code's, or an unusable ONNX file.
     threads: onnxruntime's intra-op threads (default and cap: the CPUs this process may use).
+    name: what Prediction.model calls it (default: the folder); heartbeat.bundled passes "builtin".
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
@@ -218,7 +271,7 @@ def load_predictor(run_dir: str | os.PathLike, threads: int | None = None) -> Pr
         raise ModelError(f"{run_dir}: incomplete model folder: {ONNX_FILE} is missing")
     session = _open_session(onnx_path, threads)
     _check_contract(session, onnx_path, info)
-    return Predictor(run_dir, info, session)
+    return Predictor(run_dir, info, session, name)
 
 
 def _read_model_info(run_dir: Path) -> dict:
@@ -302,15 +355,27 @@ def _check_contract(session, onnx_path: Path, info: dict) -> None:
 # The table is for a terminal: a file name's control characters are shown escaped (heartbeat.text);
 # class names are usable class names (check_class_names), printable by that rule.
 
+# After the classes: the heart-problem probability (only with a normal class), then the heart rate.
+HEART_PROBLEM_COLUMN = "heart_problem"
+BPM_COLUMN, BPM_WIDTH = "bpm", 5
+NO_RATE = "-"  # the bpm cell when beats.segment found no reliable rhythm
+
+
 def table_header(classes: list[str], file_width: int) -> str:
-    columns = "".join(f"{name:>{_probability_width(name)}}" for name in classes)
-    return f"{'file':<{file_width}}  {'predicted':<{_label_width(classes)}}{columns}  windows"
+    names = [*classes, *([HEART_PROBLEM_COLUMN] if layouts.normal_class(classes) else [])]
+    columns = "".join(f"{name:>{_probability_width(name)}}" for name in names)
+    return f"{'file':<{file_width}}  {'predicted':<{_label_width(classes)}}{columns}  {BPM_COLUMN:>{BPM_WIDTH}}  windows"
 
 
 def table_row(prediction: Prediction, file_width: int) -> str:
     classes = list(prediction.probabilities)
-    columns = "".join(f"{p:>{_probability_width(name)}.4f}" for name, p in prediction.probabilities.items())
-    return f"{printable(prediction.file):<{file_width}}  {prediction.label:<{_label_width(classes)}}{columns}  {prediction.windows:>7}"
+    cells = list(prediction.probabilities.items())  # a list: a class may itself be called heart_problem
+    if prediction.heart_problem is not None:
+        cells.append((HEART_PROBLEM_COLUMN, prediction.heart_problem))
+    columns = "".join(f"{p:>{_probability_width(name)}.4f}" for name, p in cells)
+    rate = NO_RATE if prediction.heart_rate_bpm is None else f"{prediction.heart_rate_bpm:.0f}"
+    return (f"{printable(prediction.file):<{file_width}}  {prediction.label:<{_label_width(classes)}}{columns}  "
+            f"{rate:>{BPM_WIDTH}}  {prediction.windows:>7}")
 
 
 def _probability_width(name: str) -> int:

@@ -14,6 +14,12 @@ Measures, in one run, on the same 512-px model:
 Targets (2-core machine): cold start <= 1.0 s, >= 5x faster than fastai, all 656 in <= 60 s,
 peak RSS <= 1 GiB.
 
+Then the bundled model (heartbeat/models/builtin/, or --bundled DIR, e.g. a stand-in bundle written
+by scripts/release_model.py --stand-in): cold start of `heartbeat predict --model builtin FILE`
+(median of --repeats fresh processes; target <= 0.5 s), all 656 recordings in one call (target
+<= 30 s), and what the heart rate adds per 10-s recording (beats.segment in this process, median
+over Dataset B's 9-11 s recordings; target <= 20 ms). --bundled-only measures these alone.
+
 Without --model, a model is trained first (several minutes, printed as it goes): stage 1's
 spectrograms of the labelled recordings, and `heartbeat train` at 512 px for one epoch on
 a stand-in body (torchvision's randomly initialised ResNet-34 weights, so no download is
@@ -137,6 +143,59 @@ def network_seconds_per_window(run: Path, png: Path) -> float:
     return statistics.median(times)
 
 
+def bundled_figures(data: Path, bundled_dir: Path, wav: Path, repeats: int) -> list[tuple[str, str]]:
+    """The bundled model's cold start, all recordings in one call, and the heart rate's share of the time."""
+    from heartbeat import bundled
+
+    if not (bundled_dir / "model.json").is_file():
+        return [("bundled model", f"not present in {bundled_dir} (make release-model)")]
+    info = json.loads((bundled_dir / "model.json").read_text())
+    model = ["--model", "builtin" if bundled_dir.resolve() == bundled.BUNDLED_DIR.resolve() else str(bundled_dir)]
+    one = [HEARTBEAT, "predict", *model, str(wav)]
+    run_checked(one, "warm-up, heartbeat predict with the bundled model")
+    cold = [checked(timed(one), "heartbeat predict, bundled model") for _ in range(repeats)]
+    all_wavs = sorted(str(path) for path in (data / "set_b").glob("*.wav"))
+    say(f"bench-predict: all {len(all_wavs)} recordings in one call, bundled model ...")
+    every = timed([HEARTBEAT, "predict", "--json", *model, *all_wavs])
+    predicted = [json.loads(line) for line in every.stdout.splitlines()]
+    with_rate = sum(result.get("heart_rate_bpm") is not None for result in predicted)
+    segment_ms, n_ten = segment_milliseconds(data)
+    start = time.perf_counter()
+    bundled.check_bundled(bundled_dir)
+    hash_ms = (time.perf_counter() - start) * 1000
+    cold_median = median_seconds(cold)
+    return [
+        ("bundled model", f"{bundled_dir} ({info['model_id']}, {info['image_size']} px, "
+                          f"{(bundled_dir / 'model.onnx').stat().st_size / 2**20:.1f} MiB ONNX)"),
+        ("cold start, bundled", f"median {cold_median:.3f} s of {len(cold)} fresh processes "
+                                f"({benchlib.listed_seconds(cold)}), peak RSS "
+                                f"{max(run.peak_rss_mib for run in cold):.0f} MiB  {target('<= 0.5 s', cold_median <= 0.5)}"),
+        ("", f"command: heartbeat predict {' '.join(model)} {wav.name}; the sha256 check of the bundled files "
+             f"takes {hash_ms:.1f} ms of it"),
+        ("all recordings, bundled", f"{len(all_wavs)} files ({len(predicted)} predicted, {with_rate} with a heart rate) "
+                                    f"in {every.seconds:.1f} s wall, peak RSS {every.peak_rss_mib:.0f} MiB, exit code "
+                                    f"{every.returncode}  {target('<= 30 s', every.seconds <= 30)}"),
+        ("heart rate", f"beats.segment: median {segment_ms:.1f} ms per 9-11 s recording ({n_ten} recordings, in "
+                       f"process)  {target('<= 20 ms', segment_ms <= 20)}"),
+    ]
+
+
+def segment_milliseconds(data: Path) -> tuple[float, int]:
+    """Median time of beats.segment on the loaded signal of each 9-11 s recording (what predict adds per file)."""
+    import soundfile
+
+    from heartbeat.data import audio, beats
+
+    times = []
+    for path in sorted((data / "set_b").glob("*.wav")):
+        if 9.0 <= soundfile.info(str(path)).duration <= 11.0:
+            signal = audio.load_audio(path)
+            start = time.perf_counter()
+            beats.segment(signal, audio.SETTINGS.sample_rate)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000, len(times)
+
+
 def main() -> int:
     parser = benchlib.argument_parser(__doc__)
     parser.add_argument("--model", type=Path, help="a trained 512-px run folder (default: train a stand-in)")
@@ -144,7 +203,19 @@ def main() -> int:
                                                          "(default: made in the work folder)")
     parser.add_argument("--workdir", type=Path, help="keep the trained model and export.pkl here (default: a temporary folder)")
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per cold-start median (default: %(default)s)")
+    parser.add_argument("--bundled", type=Path, help="a bundle folder to measure instead of the package's bundled model")
+    parser.add_argument("--bundled-only", action="store_true", help="measure the bundled model alone (no 512-px model)")
     args = benchlib.parse_arguments(parser)
+    if args.bundled_only:
+        from heartbeat import bundled
+
+        load_before = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory(prefix="bench-predict.") as scratch:
+            wav, _ = five_second_recording(args.data, Path(scratch))
+        rows = bundled_figures(args.data, args.bundled or bundled.BUNDLED_DIR, wav, args.repeats)
+        benchlib.print_load(load_before)
+        figures(rows)
+        return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-predict."))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -156,6 +227,8 @@ def main() -> int:
 
 def measure(args, workdir: Path) -> int:
     import soundfile
+
+    from heartbeat import bundled
 
     run = args.model or train_model(args.data, workdir)
     spectrograms = args.spectrograms or workdir / "spectrograms"
@@ -214,6 +287,7 @@ def measure(args, workdir: Path) -> int:
                           f"runs) x {windows} windows = {network_s * windows:.0f} s of that call"),
         ("peak RSS, all files", f"{every.peak_rss_mib:.0f} MiB  {target('<= 1024 MiB', every.peak_rss_mib <= 1024)}"),
         *[("", line) for line in failed],
+        *bundled_figures(args.data, args.bundled or bundled.BUNDLED_DIR, wav, args.repeats),
     ])
     return 0
 

@@ -31,7 +31,8 @@ from heartbeat.predict import INPUT_NAME, WINDOWS_PER_RUN, ModelError, Predictio
 from heartbeat.data.synth import heartbeat_signal
 
 ROOT = Path(__file__).resolve().parents[1]
-JSON_KEYS = {"file", "label", "probabilities", "windows", "model_id"}
+JSON_KEYS = {"file", "label", "probabilities", "windows", "model_id"}  # the first five: never removed or renamed
+ADDED_KEYS = {"model", "heart_problem", "heart_rate_bpm", "beats", "beat_irregularity"}
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -130,7 +131,10 @@ def test_json_lines_schema(trained_run, tmp_path, capsys):
     results = json_lines(out)
     assert len(results) == 2
     for result in results:
-        assert set(result) == JSON_KEYS
+        assert set(result) == JSON_KEYS | ADDED_KEYS
+        assert result["model"] == str(trained_run["run"])
+        assert result["heart_problem"] == pytest.approx(1 - result["probabilities"]["normal"])
+        assert isinstance(result["beats"], int)
         assert isinstance(result["file"], str) and isinstance(result["label"], str)
         assert list(result["probabilities"]) == info["classes"]
         assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in result["probabilities"].values())
@@ -147,10 +151,13 @@ def test_table_output(trained_run, good_wav, capsys):
 
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["file", "predicted", *classes, "windows"]
+    assert header.split() == ["file", "predicted", *classes, "heart_problem", "bpm", "windows"]
     fields = row.split()
     assert fields[0] == str(good_wav) and fields[1] in classes and fields[-1] == "2"
-    assert math.isclose(sum(float(value) for value in fields[2:-1]), 1.0, abs_tol=1e-3)
+    probabilities = dict(zip(classes, map(float, fields[2:2 + len(classes)])))
+    assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-3)
+    assert float(fields[-3]) == pytest.approx(1 - probabilities["normal"], abs=2e-4)  # heart_problem
+    assert fields[-2] == "-" or 40 <= float(fields[-2]) <= 200  # bpm
 
 
 def test_default_model_is_the_latest_run(trained_run, good_wav, tmp_path, monkeypatch, capsys):
@@ -482,3 +489,73 @@ def test_standalone_script_predicts_without_importing_torch_pandas_or_fastai(tra
     report = json.loads(result.stderr.strip().splitlines()[-1])
     assert report == {"exit": 0, "heavy": []}
     assert result.stdout == expected_out
+
+
+# ---------------------------------------------------------------- plain answer: heart problem, heart rate
+
+@pytest.mark.parametrize("bpm", [50, 72, 120])
+def test_a_recording_of_known_rate_gets_its_heart_rate(trained_run, tmp_path, bpm):
+    from test_beats import RATE, heartbeats
+
+    signal, onsets = heartbeats(bpm, snr_db=10.0)
+    path = write_wav(tmp_path / f"{bpm}.wav", signal / np.abs(signal).max() * 0.5, RATE)
+
+    prediction = load_predictor(trained_run["run"]).predict_file(path)
+
+    assert abs(prediction.heart_rate_bpm - bpm) <= 3
+    assert abs(prediction.beats - len(onsets)) <= 2
+    assert prediction.beat_irregularity < 0.05
+    assert json.loads(prediction.to_json())["heart_rate_bpm"] == prediction.heart_rate_bpm
+
+
+def test_a_long_recordings_rhythm_is_found_part_by_part(trained_run, tmp_path, monkeypatch):
+    from heartbeat import predict
+    from test_beats import RATE, heartbeats
+
+    segmented = []
+    real_segment = predict.beats.segment
+    monkeypatch.setattr(predict.beats, "segment", lambda signal, rate: segmented.append(signal.size) or
+                        real_segment(signal, rate))
+    signal, onsets = heartbeats(72, seconds=70.0, snr_db=10.0)
+    path = write_wav(tmp_path / "long.wav", signal / np.abs(signal).max() * 0.5, RATE)
+
+    prediction = load_predictor(trained_run["run"]).predict_file(path)
+
+    assert max(segmented) <= 1.5 * predict.RHYTHM_PART_SECONDS * RATE and sum(segmented) == signal.size
+    assert abs(prediction.heart_rate_bpm - 72) <= 3
+    assert abs(prediction.beats - len(onsets)) <= 2 * len(segmented)  # each part may lose a beat at either edge
+    assert prediction.beat_irregularity < 0.05
+
+
+def test_noise_gets_no_heart_rate_but_still_a_class(trained_run, tmp_path, capsys):
+    noise = np.random.default_rng(4).standard_normal(10 * 4000).astype(np.float32) * 0.2
+    path = write_wav(tmp_path / "noise.wav", noise, 4000)
+
+    code, out, err = run_cli(capsys, "--json", "--model", trained_run["run"], path)
+    _, table, _ = run_cli(capsys, "--model", trained_run["run"], path)
+
+    assert (code, err) == (0, "")
+    result, = json_lines(out)
+    assert result["label"] in result["probabilities"]
+    assert (result["heart_rate_bpm"], result["beats"], result["beat_irregularity"]) == (None, 0, None)
+    assert table.splitlines()[-1].split()[-2] == "-"
+
+
+def _prediction(probabilities: dict, **rhythm) -> Prediction:
+    return Prediction(file="a.wav", label=max(probabilities, key=probabilities.get), probabilities=probabilities,
+                      windows=1, model_id="m", **rhythm)
+
+
+def test_the_heart_problem_probability_needs_a_normal_class():
+    from heartbeat.predict import table_header, table_row
+
+    with_normal = _prediction({"murmur": 0.25, "normal": 0.75}, heart_rate_bpm=71.6, beats=11, beat_irregularity=0.01)
+    without = _prediction({"cat": 0.4, "dog": 0.6})
+
+    assert json.loads(with_normal.to_json())["heart_problem"] == pytest.approx(0.25)
+    assert json.loads(without.to_json())["heart_problem"] is None
+    assert table_header(["murmur", "normal"], 5).split() == ["file", "predicted", "murmur", "normal", "heart_problem",
+                                                             "bpm", "windows"]
+    assert table_row(with_normal, 5).split() == ["a.wav", "normal", "0.2500", "0.7500", "0.2500", "72", "1"]
+    assert table_header(["cat", "dog"], 5).split() == ["file", "predicted", "cat", "dog", "bpm", "windows"]
+    assert table_row(without, 5).split() == ["a.wav", "dog", "0.4000", "0.6000", "-", "1"]
