@@ -15,7 +15,7 @@ among the scored recordings), not the training set's.
   column of the confusion matrix shows it (the row of that class is all zeros).
 
 Writing: OUT receives exactly OUTPUTS, nothing else. Everything is made in memory first, then every
-file is staged beside its destination and renamed only once all are staged (report.write_all), so a
+file is staged beside its destination and renamed only once all are staged (outputs.write_all), so a
 failure leaves an earlier evaluation in OUT as it was, and a rerun replaces all five files (none can
 survive from an older evaluation). Nothing else in OUT is touched. OUT must not be (or be inside) the
 data or the model folder, and must not be a link: evaluate never writes where its inputs are.
@@ -201,7 +201,8 @@ def majority_class(labels: list[str], classes: list[str]) -> str:
 
 def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure]) -> tuple[dict[str, bytes], dict]:
     """{file name: bytes} for every one of OUTPUTS, and the metrics (as metrics.json)."""
-    from heartbeat.report.run_report import json_bytes, plain, png_bytes, confusion_matrix_figure
+    from heartbeat.report.figures import confusion_matrix_figure, png_bytes
+    from heartbeat.report.outputs import json_bytes, plain
 
     classes = plan.predictor.classes
     labels = [recording.label for recording, _ in predictions]
@@ -270,7 +271,7 @@ def predictions_csv(predictions: list, classes: list[str]) -> str:
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
     """Stage every file in OUT and rename them only once all are staged (a failure leaves OUT as it was)."""
-    from heartbeat.report.run_report import write_all
+    from heartbeat.report.outputs import write_all
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +291,7 @@ def _text(value) -> str:
 
 def render_markdown(metrics: dict) -> str:
     """report.md: the model, the data, the counts, every figure beside the majority baseline, the confusion matrix."""
-    from heartbeat.report.run_report import format_number, markdown_table, markdown_text
+    from heartbeat.report.outputs import format_number, markdown_table, markdown_text
 
     context = metrics["context"]
     baseline = metrics["majority_baseline"]
