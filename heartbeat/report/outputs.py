@@ -60,6 +60,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(row) for row in rows)]
 
 
+def figures_table(rows, baseline_class: str) -> list[str]:
+    """The table of (figure, model's value, majority baseline's value) rows, as report.md shows them."""
+    return markdown_table(["figure", "model", f"majority baseline (always {baseline_class})"],
+                          [[name, format_number(model), format_number(baseline)] for name, model, baseline in rows])
+
+
+def confusion_section(confusion: dict, picture: str) -> list[str]:
+    """report.md's confusion matrix: the picture, then the counts as a table (true class on rows)."""
+    return ["## Confusion matrix", "", f"![confusion matrix]({picture})", "", *markdown_table(
+        ["true \\ predicted", *confusion["classes"]],
+        [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
+    ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]
+
+
 def plain(value):
     """A JSON-ready copy: numpy scalars/arrays to Python, paths to strings, NaN and infinity to None."""
     if isinstance(value, dict):

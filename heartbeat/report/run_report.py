@@ -23,8 +23,8 @@ from heartbeat.fileio import remove_dead_leftovers
 from heartbeat.report.figures import (confusion_matrix_figure, lr_find_figure, png_bytes, prediction_pictures,
                                       training_curves_figure)
 from heartbeat.report.metrics import classification_metrics
-from heartbeat.report.outputs import format_count, format_number, format_setting, json_bytes, markdown_table, \
-    markdown_text, plain, write_all
+from heartbeat.report.outputs import (confusion_section, figures_table, format_count, format_number, format_setting,
+                                      json_bytes, markdown_table, markdown_text, plain, write_all)
 from heartbeat.report.run_files import (CONFUSION_JSON, CONFUSION_PNG, LR_FIND_PNG, METRICS_FILE, REPORT_FILE,
                                         REPORT_OUTPUTS, RESULTS_PNG, TOP_LOSSES_PNG, TRAINING_CURVES_PNG,
                                         check_context, check_outputs, check_predictions, read_run)
@@ -63,6 +63,26 @@ def write_report(
     )
     metrics["context"] = plain(context)
 
+    files, pictures_note = _report_files(metrics, predictions, classes, context=context, epoch_log=epoch_log,
+                                         lr_find=lr_find, spectrograms=spectrograms)
+    n_valid_patients = metrics["context"].get("n_valid_patients")
+    if n_valid_patients is None and "patient_id" in predictions.columns:
+        n_valid_patients = int(predictions["patient_id"].nunique())
+    # Images written by training (curves, lr_find) stay in the folder when the report is
+    # rewritten later without the epoch log, so link whatever is there.
+    images = {name: name in files or (run_dir / name).exists()
+              for name in (TRAINING_CURVES_PNG, LR_FIND_PNG, RESULTS_PNG, TOP_LOSSES_PNG)}
+    markdown = _render_markdown(metrics, metrics["context"], n_valid_patients=n_valid_patients, images=images,
+                                pictures_note=pictures_note)
+    files[REPORT_FILE] = markdown.encode("utf-8")
+    write_all(run_dir, files)
+    return metrics
+
+
+def _report_files(metrics: dict, predictions: pd.DataFrame, classes: list[str], *, context: dict, epoch_log,
+                  lr_find, spectrograms) -> tuple[dict[str, bytes], str | None]:
+    """({file name: bytes} for every file of the report but report.md, in writing order), and the note saying why
+    the prediction pictures were not drawn (None when they were)."""
     split, weights = str(context["split"]), str(context["weights"])
     matrix = metrics["confusion_matrix"]["matrix"]
     files = {
@@ -78,19 +98,7 @@ def write_report(
         files[LR_FIND_PNG] = png_bytes(lr_find_figure(lr_find["lr"], lr_find["loss"], context.get("lr_suggestion")))
     pictures, pictures_note = prediction_pictures(predictions, classes, spectrograms)
     files.update(pictures)
-
-    n_valid_patients = metrics["context"].get("n_valid_patients")
-    if n_valid_patients is None and "patient_id" in predictions.columns:
-        n_valid_patients = int(predictions["patient_id"].nunique())
-    # Images written by training (curves, lr_find) stay in the folder when the report is
-    # rewritten later without the epoch log, so link whatever is there.
-    images = {name: name in files or (run_dir / name).exists()
-              for name in (TRAINING_CURVES_PNG, LR_FIND_PNG, RESULTS_PNG, TOP_LOSSES_PNG)}
-    markdown = _render_markdown(metrics, metrics["context"], n_valid_patients=n_valid_patients, images=images,
-                                pictures_note=pictures_note)
-    files[REPORT_FILE] = markdown.encode("utf-8")
-    write_all(run_dir, files)
-    return metrics
+    return files, pictures_note
 
 
 def rewrite_report(run_dir) -> dict:
@@ -113,36 +121,40 @@ def rewrite_report(run_dir) -> dict:
 
 def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, images: dict | None = None,
                      pictures_note: str | None = None) -> str:
-    """report.md text from the metrics dict and the run context."""
+    """report.md text from the metrics dict and the run context, section by section."""
     images = images or {}
-    baseline = metrics["majority_baseline"]
-    baseline_header = f"majority baseline (always {baseline['class']})"
-    lines: list[str] = [f"# {context['title']}", ""]
+    return markdown_text([
+        f"# {context['title']}", "",
+        _summary_paragraph(metrics, context, n_valid_patients), "",
+        *_figures_section(metrics),
+        *_per_class_section(metrics["per_class"]),
+        *confusion_section(metrics["confusion_matrix"], CONFUSION_PNG),
+        *_pictures_section(images, pictures_note),
+        *_training_sections(images),
+        *_run_section(context),
+        *_settings_section(context.get("settings") or {}),
+        *_split_sizes_section(context, metrics["n_recordings"], n_valid_patients),
+        *_notes_section(context.get("notes") or []),
+    ])
 
-    lines += [_summary_paragraph(metrics, context, n_valid_patients), ""]
 
-    lines += ["## Figures", "", *markdown_table(
-        ["figure", "model", baseline_header],
-        [[name, format_number(model_value), format_number(baseline_value)]
-         for name, model_value, baseline_value in _figure_rows(metrics)],
-    ), ""]
-    lines += [heart_problem_sentence(list(metrics["per_class"])) + " Balanced accuracy is the mean recall over "
-              "the classes present among the scored recordings.", ""]
+def _figures_section(metrics: dict) -> list[str]:
+    return ["## Figures", "", *figures_table(_figure_rows(metrics), metrics["majority_baseline"]["class"]), "",
+            heart_problem_sentence(list(metrics["per_class"])) + " Balanced accuracy is the mean recall over "
+            "the classes present among the scored recordings.", ""]
 
-    lines += ["## Per class", "", *markdown_table(
+
+def _per_class_section(per_class: dict) -> list[str]:
+    return ["## Per class", "", *markdown_table(
         ["class", "precision", "recall", "F1", "support"],
         [[name, format_number(row["precision"]), format_number(row["recall"]), format_number(row["f1"]), str(row["support"])]
-         for name, row in metrics["per_class"].items()],
+         for name, row in per_class.items()],
     ), ""]
 
-    confusion = metrics["confusion_matrix"]
-    lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", ""]
-    lines += [*markdown_table(
-        ["true \\ predicted", *confusion["classes"]],
-        [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
-    ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]
 
-    lines += ["## Results on validation recordings", ""]
+def _pictures_section(images: dict, pictures_note: str | None) -> list[str]:
+    """results.png and top_losses.png where they are, and the note saying why they are not."""
+    lines = ["## Results on validation recordings", ""]
     if images.get(RESULTS_PNG):
         lines += [f"![results on validation recordings]({RESULTS_PNG})", "",
                   "One window per recording, several of each true class: its true class, the predicted class and "
@@ -154,35 +166,45 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
                   "loss (−log of the true class's probability).", ""]
     if pictures_note:
         lines += [pictures_note, ""]
+    return lines
 
+
+def _training_sections(images: dict) -> list[str]:
+    """The training curves and the learning-rate finder, each where its picture is."""
+    lines = []
     if images.get(TRAINING_CURVES_PNG):
         lines += ["## Training curves", "", f"![training curves]({TRAINING_CURVES_PNG})", ""]
     if images.get(LR_FIND_PNG):
         lines += ["## Learning-rate finder", "", f"![learning-rate finder]({LR_FIND_PNG})", ""]
+    return lines
 
-    lines += ["## Run", "", *markdown_table(["item", "value"], [
+
+def _run_section(context: dict) -> list[str]:
+    return ["## Run", "", *markdown_table(["item", "value"], [
         ["split", str(context["split"])],
         ["weights", str(context["weights"])],
         ["training mode", str(context.get("training_mode", "n/a"))],
         ["suggested learning rate (lr_find)", format_setting(context.get("lr_suggestion"))],
     ]), ""]
 
-    settings = context.get("settings") or {}
-    if settings:
-        lines += ["## Settings", "", *markdown_table(
-            ["setting", "value"], [[str(key), format_setting(value)] for key, value in settings.items()]
-        ), ""]
 
-    lines += ["## Split sizes", "", *markdown_table(["", "recordings", "patients"], [
+def _settings_section(settings: dict) -> list[str]:
+    if not settings:
+        return []
+    return ["## Settings", "", *markdown_table(
+        ["setting", "value"], [[str(key), format_setting(value)] for key, value in settings.items()]
+    ), ""]
+
+
+def _split_sizes_section(context: dict, n_valid_recordings: int, n_valid_patients) -> list[str]:
+    return ["## Split sizes", "", *markdown_table(["", "recordings", "patients"], [
         ["train", format_count(context.get("n_train_recordings")), format_count(context.get("n_train_patients"))],
-        ["validation", format_count(metrics["n_recordings"]), format_count(n_valid_patients)],
+        ["validation", format_count(n_valid_recordings), format_count(n_valid_patients)],
     ]), ""]
 
-    notes = context.get("notes") or []
-    if notes:
-        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
 
-    return markdown_text(lines)
+def _notes_section(notes: list) -> list[str]:
+    return ["## Notes", "", *(f"- {note}" for note in notes), ""] if notes else []
 
 
 def _summary_paragraph(metrics: dict, context: dict, n_valid_patients) -> str:
