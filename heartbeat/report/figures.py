@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import stat
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -25,13 +23,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from heartbeat.data.spectrograms import MANIFEST_NAME, ManifestError, is_own_image, read_manifest
-from heartbeat.fileio import atomic_path
+from heartbeat.fileio import FileRefused, atomic_path, read_regular
 from heartbeat.report.run_files import EPOCH_LOG_COLUMNS, RESULTS_PNG, TOP_LOSSES_PNG
 
 LR_FIND_SKIP_END = 5  # as fastai's plot_lr_find: the last losses, where training diverges, would squash the curve
 GRID_TILES = 9  # pictures per grid (3 x 3), as a fastai show_results batch
 # Stage 1's windows are 512 px; an image far larger is not one of its own, and is not decoded.
 MAX_WINDOW_SIDE = 4096
+# Bytes read for one: a MAX_WINDOW_SIDE RGBA PNG stored uncompressed fits, so only the side check refuses an image.
+MAX_WINDOW_BYTES = 4 * MAX_WINDOW_SIDE**2 + 2**20
 
 
 def plot_confusion_matrix(matrix, classes: Sequence[str], title: str, path) -> None:
@@ -311,19 +311,12 @@ def _read_window_image(folder: Path, image: str) -> np.ndarray | None:
     if images_dir.is_symlink() or not images_dir.is_dir():
         return None
     try:
-        # O_NOFOLLOW: a link is never followed out; O_NONBLOCK: a FIFO does not wait for a writer.
-        fd = os.open(folder / image, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        data = read_regular(folder / image, MAX_WINDOW_BYTES)
+        with Image.open(io.BytesIO(data)) as png:  # reads the header only: the size is checked before decoding
+            if max(png.size) > MAX_WINDOW_SIDE:
                 return None
-            with Image.open(handle) as png:  # reads the header only: the size is checked before decoding
-                if max(png.size) > MAX_WINDOW_SIDE:
-                    return None
-                return np.asarray(png.convert("L"))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            return np.asarray(png.convert("L"))
+    except (FileRefused, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
 
 

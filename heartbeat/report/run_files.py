@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from heartbeat.fileio import FileRefused, read_regular
 from heartbeat.text import from_spreadsheet_cell
 
 METRICS_FILE = "metrics.json"
@@ -86,32 +86,21 @@ def _run_folder(run_dir) -> Path:
 
 def _read_run_file(folder: Path, name: str) -> bytes:
     """The bytes of folder/name: a regular file inside the folder (links followed only within it), bounded in size."""
-    path = folder / name
     try:
-        target = path.resolve(strict=True)
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: not found (not a complete run folder)") from None
-    except (OSError, RuntimeError) as error:
-        raise RunFolderError(f"{path}: cannot be opened ({_reason(error)})") from None
-    if folder not in target.parents:
-        raise RunFolderError(f"{path}: a link out of the run folder (to {target}), not followed")
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the target was resolved above.
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        raise RunFolderError(f"{path}: cannot be read ({_reason(error)})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RunFolderError(f"{path}: not a regular file")
-        if info.st_size > MAX_RUN_FILE_BYTES:
-            raise RunFolderError(f"{path}: {info.st_size} bytes, more than a run writes (limit {MAX_RUN_FILE_BYTES})")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read(MAX_RUN_FILE_BYTES + 1)
-    except OSError as error:
-        raise RunFolderError(f"{path}: cannot be read ({_reason(error)})") from None
-    finally:
-        os.close(fd)
+        return read_regular(folder / name, MAX_RUN_FILE_BYTES, links_within=folder)
+    except FileRefused as refused:
+        raise RunFolderError(_run_file_problem(refused)) from None
+
+
+def _run_file_problem(refused: FileRefused) -> str:
+    """read_regular's refusal in this command's words."""
+    if refused.kind == "missing":
+        return f"{refused.path}: not found (not a complete run folder)"
+    if refused.kind == "outside":
+        return f"{refused.path}: a link out of the run folder (to {refused.target}), not followed"
+    if refused.kind == "too_big":
+        return f"{refused.path}: {refused.size} bytes, more than a run writes (limit {MAX_RUN_FILE_BYTES})"
+    return str(refused)
 
 
 def _read_json_object(folder: Path, name: str) -> dict:
