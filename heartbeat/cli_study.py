@@ -170,7 +170,8 @@ def _add_report(commands) -> None:
 
 def _run_report(args) -> int:
     from heartbeat import config
-    from heartbeat.report.run_report import RunFolderError, rewrite_report
+    from heartbeat.report.run_files import RunFolderError
+    from heartbeat.report.run_report import rewrite_report
 
     run_dir = Path(args.run_dir) if args.run_dir else config.RUNS_DIR / "latest"
     try:

@@ -189,7 +189,7 @@ def explanation_title(name: str | os.PathLike | bytes, explanation: Explanation,
 
 def draw_explanation(explanation: Explanation, classes: Sequence[str], title: str) -> bytes:
     """The explanation as PNG bytes (1000 x 800 px): see explanation_figure."""
-    from heartbeat.report.run_report import png_bytes  # matplotlib and pandas: loaded only when a picture is drawn
+    from heartbeat.report.figures import png_bytes  # matplotlib and pandas: loaded only when a picture is drawn
 
     return png_bytes(explanation_figure(explanation, classes, title))
 

@@ -16,6 +16,7 @@ process ids are reused, and a writer in another container has another id space.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -215,3 +216,66 @@ def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` is `folder` or lies inside it, links resolved (neither needs to exist)."""
     real_path, real_folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
     return real_path == real_folder or real_path.is_relative_to(real_folder)
+
+
+# ---------------------------------------------------------------- reading an input: one bounded, link-safe read
+
+class FileRefused(ValueError):
+    """read_regular's refusal, one line: str() is "PATH: problem". `kind` (missing, link, outside, not_regular,
+    too_big, unreadable) lets a caller word it its own way; `size` is set for too_big, `target` for outside."""
+
+    def __init__(self, path, kind: str, problem: str, *, size: int | None = None, target: Path | None = None):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.kind, self.problem, self.size, self.target = Path(path), kind, problem, size, target
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, *, links_within: str | os.PathLike | None = None) -> bytes:
+    """The bytes of `path`, a regular file of at most max_bytes; FileRefused (one line) for anything else.
+
+    No link is followed: a link at `path` is refused. With `links_within` (a folder), `path` is
+    resolved once and read only if it lies inside that folder, so links that stay in it are allowed.
+    Opened with O_NONBLOCK, so a FIFO is refused instead of waited on. The size is checked on the
+    open file before a byte is read, and the read is bounded even if the file grows meanwhile:
+    memory stays bounded whatever the file is.
+    """
+    path = Path(path)
+    target = path if links_within is None else _resolved_inside(path, Path(links_within))
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileRefused(path, "missing", "not found") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP and os.path.islink(target):
+            raise FileRefused(path, "link", "a symbolic link, not followed") from None
+        raise FileRefused(path, "unreadable", f"cannot be read ({error.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused(path, "not_regular", "not a regular file")
+        if info.st_size <= max_bytes:
+            with open(fd, "rb", closefd=False) as handle:
+                data = handle.read(max_bytes + 1)
+        else:
+            data = b""
+    except OSError as error:
+        raise FileRefused(path, "unreadable", f"cannot be read ({error.strerror or error})") from None
+    finally:
+        os.close(fd)
+    size = max(info.st_size, len(data))
+    if size > max_bytes:
+        raise FileRefused(path, "too_big", f"{size} bytes, more than the limit of {max_bytes}", size=size)
+    return data
+
+
+def _resolved_inside(path: Path, folder: Path) -> Path:
+    """`path` with every link resolved; FileRefused unless it exists and lies inside `folder` (its links resolved too)."""
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise FileRefused(path, "missing", "not found") from None
+    except (OSError, RuntimeError) as error:  # a link loop: RuntimeError before Python 3.13
+        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+        raise FileRefused(path, "unreadable", f"cannot be opened ({reason})") from None
+    if Path(os.path.realpath(folder)) not in target.parents:
+        raise FileRefused(path, "outside", f"a link out of {folder} (to {target}), not followed", target=target)
+    return target

@@ -220,3 +220,95 @@ def test_is_inside_resolves_links(tmp_path):
     assert is_inside(tmp_path / "data" / "new" / "out", tmp_path / "data")
     assert is_inside(tmp_path / "link" / "out", tmp_path / "data")
     assert not is_inside(tmp_path / "data2", tmp_path / "data")
+
+
+# ---------------------------------------------------------------- read_regular: the one bounded, link-safe read
+
+def _refused(path, max_bytes=64, **options):
+    from heartbeat.fileio import FileRefused, read_regular
+
+    with pytest.raises(FileRefused) as caught:
+        read_regular(path, max_bytes, **options)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    return caught.value
+
+
+def test_read_regular_reads_a_regular_file_up_to_its_limit(tmp_path):
+    from heartbeat.fileio import read_regular
+
+    (tmp_path / "exact").write_bytes(b"x" * 64)
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_regular(tmp_path / "exact", 64) == b"x" * 64
+    assert read_regular(tmp_path / "empty", 64) == b""
+
+
+@pytest.mark.parametrize("case", ["link", "link-inside", "dangling-link", "fifo", "over-the-limit", "sparse-huge",
+                                  "folder", "missing", "unreadable"])
+def test_read_regular_refuses_what_is_not_a_small_regular_file_in_one_line(tmp_path, case):
+    path = tmp_path / "x"
+    (tmp_path / "target").write_bytes(b"fine")
+    expected = {"link": "link", "link-inside": "link", "dangling-link": "link", "fifo": "not_regular",
+                "over-the-limit": "too_big", "sparse-huge": "too_big", "folder": "not_regular", "missing": "missing",
+                "unreadable": "unreadable"}[case]
+    if case in ("link", "link-inside"):  # no link is followed without links_within, even one that stays near
+        path.symlink_to(tmp_path / "target" if case == "link-inside" else "/etc/hostname")
+    elif case == "dangling-link":
+        path.symlink_to(tmp_path / "nowhere")
+    elif case == "fifo":
+        os.mkfifo(path)  # a blocking open would wait for a writer for ever
+    elif case == "over-the-limit":
+        path.write_bytes(b"x" * 65)
+    elif case == "sparse-huge":
+        with open(path, "wb") as handle:  # no disk space, but the size a reader sees: refused before reading
+            handle.truncate(1 << 40)
+    elif case == "folder":
+        path.mkdir()
+    elif case == "unreadable":
+        path.write_bytes(b"secret")
+        path.chmod(0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: mode 0 does not stop reading")
+    refused = _refused(path)
+    assert refused.kind == expected, str(refused)
+    if expected == "too_big":
+        assert refused.size == path.stat().st_size and "more than the limit of 64" in str(refused)
+
+
+def test_read_regular_follows_links_only_within_the_folder_it_is_given(tmp_path):
+    from heartbeat.fileio import read_regular
+
+    folder, outside = tmp_path / "run", tmp_path / "outside.csv"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "real.csv").write_bytes(b"inside")
+    outside.write_bytes(b"outside")
+    (folder / "inside.csv").symlink_to(folder / "sub" / "real.csv")
+    (folder / "out.csv").symlink_to(outside)
+    (folder / "loop.csv").symlink_to("loop.csv")
+    (tmp_path / "linked-run").symlink_to(folder, target_is_directory=True)  # `latest`: the folder itself a link
+
+    assert read_regular(folder / "inside.csv", 64, links_within=folder) == b"inside"
+    assert read_regular(tmp_path / "linked-run" / "inside.csv", 64, links_within=tmp_path / "linked-run") == b"inside"
+    refused = _refused(folder / "out.csv", links_within=folder)
+    assert refused.kind == "outside" and refused.target == outside
+    assert _refused(folder / "loop.csv", links_within=folder).kind == "unreadable"
+    assert _refused(folder / "none.csv", links_within=folder).kind == "missing"
+
+
+def test_a_dataset_b_csv_linked_out_of_its_data_folder_is_refused_and_one_inside_is_read(tmp_path):
+    from heartbeat.data.dataset import DatasetError, read_dataset
+
+    data = tmp_path / "data"
+    (data / "set_b").mkdir(parents=True)
+    (data / "kept").mkdir()
+    csv_text = "dataset,fname,label,sublabel\n"
+    (data / "kept" / "set_b.csv").write_text(csv_text)
+    (data / "set_b.csv").symlink_to(data / "kept" / "set_b.csv")
+    assert read_dataset(data) == []  # a link that stays in the data folder is read
+
+    (tmp_path / "elsewhere.csv").write_text(csv_text)
+    (data / "set_b.csv").unlink()
+    (data / "set_b.csv").symlink_to(tmp_path / "elsewhere.csv")
+    with pytest.raises(DatasetError) as caught:
+        read_dataset(data)
+    assert str(caught.value) == f"{data / 'set_b.csv'}: refused, a symbolic link leading outside the data folder"

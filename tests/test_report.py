@@ -1,4 +1,4 @@
-"""heartbeat.report.run_report on small synthetic runs: files, their contents, re-runs, atomic writes."""
+"""heartbeat.report.run_report (with figures, run_files, outputs) on small synthetic runs: files, their contents, re-runs, atomic writes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from badinput import CliResult, assert_one_line_error, run_cli, snapshot
 from heartbeat import cli
-from heartbeat.report.run_report import (MAX_RUN_FILE_BYTES, lr_find_figure, plot_confusion_matrix, plot_lr_find,
-                              plot_training_curves, probability_table, results_choice, top_losses, write_report)
+from heartbeat.report.figures import (lr_find_figure, plot_confusion_matrix, plot_lr_find, plot_training_curves,
+                                      probability_table, results_choice, top_losses)
+from heartbeat.report.run_files import MAX_RUN_FILE_BYTES
+from heartbeat.report.run_report import write_report
 
 CLASSES = ["extrastole", "murmur", "normal"]
 OUTPUTS = {"metrics.json", "confusion_matrix.png", "confusion_matrix.json", "report.md"}
@@ -575,7 +577,7 @@ def test_results_and_top_losses_are_drawn_linked_and_redrawn(run_folder, predict
 
 
 def test_only_the_spectrograms_own_images_are_read(tmp_path):
-    from heartbeat.report.run_report import _first_windows, _read_window_image
+    from heartbeat.report.figures import _first_windows, _read_window_image
 
     folder = tmp_path / "spectrograms"
     (folder / "images").mkdir(parents=True)
@@ -657,7 +659,7 @@ def test_spreadsheet_cells_round_trip_and_numbers_are_left_alone():
 
 @pytest.mark.parametrize("n_tiles", [0, 1, 2, 7])
 def test_a_picture_grid_title_lies_within_the_figure(n_tiles):
-    from heartbeat.report.run_report import prediction_grid_figure
+    from heartbeat.report.figures import prediction_grid_figure
 
     title = "Most confidently wrong recordings"
     tiles = [(np.zeros((32, 32), np.uint8), f"true: murmur\npredicted: normal (0.9{i})\nloss 2.30", False, 2.3)

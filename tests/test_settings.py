@@ -147,7 +147,7 @@ def test_resolved_settings_say_what_ran():
 def test_report_and_predict_read_the_names_training_writes():
     from heartbeat import predict
     from heartbeat.train import model
-    from heartbeat.report import run_report as report
+    from heartbeat.report import run_files as report
 
     assert (report.CONFIG_FILE, report.PREDICTIONS_FILE, report.EPOCH_LOG_FILE, report.METRICS_FILE, report.REPORT_FILE,
             report.LR_FIND_CSV, report.LR_FIND_PNG) == (

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from heartbeat.fileio import FileRefused, read_regular
+
 CSV_NAME = "set_b.csv"
 AUDIO_DIR = "set_b"
 CLASSES = ("extrastole", "murmur", "normal")  # sorted, the order fastai's vocabulary uses
@@ -169,16 +171,14 @@ def _row_recording(row: dict[str, str], line_number: int, audio_dir: Path, disk_
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """(column names, rows with stripped keys and values); DatasetError if it is not a UTF-8 text csv."""
-    too_big = DatasetError(f"{csv_path}: too big for a Dataset B csv (more than {MAX_CSV_BYTES} bytes)")
-    if csv_path.stat().st_size > MAX_CSV_BYTES:
-        raise too_big
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            text = handle.read(MAX_CSV_BYTES + 1)  # bounded even if the file grows after the stat
+        data = read_regular(csv_path, MAX_CSV_BYTES, links_within=csv_path.parent)
+    except FileRefused as refused:
+        raise DatasetError(_csv_problem(refused)) from None
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DatasetError(f"{csv_path}: not a UTF-8 text csv (it holds bytes that are not UTF-8)") from None
-    if len(text) > MAX_CSV_BYTES:
-        raise too_big
     binary = _BINARY.search(text)
     if binary:
         raise DatasetError(f"{csv_path}: not a text csv (it holds the control character {binary.group()!r})")
@@ -189,6 +189,15 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
     except csv.Error as error:  # a field past csv's size limit, say
         raise DatasetError(f"{csv_path}: not a readable csv ({error})") from None
     return columns, rows
+
+
+def _csv_problem(refused: FileRefused) -> str:
+    """read_regular's refusal in the words of the data folder's other checks."""
+    if refused.kind == "too_big":
+        return f"{refused.path}: too big for a Dataset B csv (more than {MAX_CSV_BYTES} bytes)"
+    if refused.kind == "outside":
+        return f"{refused.path}: refused, a symbolic link leading outside the data folder"
+    return str(refused)
 
 
 def _with_audio_info(recording: Recording) -> Recording:

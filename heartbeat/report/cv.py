@@ -31,7 +31,9 @@ from heartbeat.train.device import resolve_device
 from heartbeat.fileio import (atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock,
                               remove_dead_leftovers)
 from heartbeat.report.metrics import classification_metrics, summarise_folds
-from heartbeat.report.run_report import heart_problem_sentence, markdown_text, plot_cv_folds, recording_groups_sentence
+from heartbeat.report.figures import plot_cv_folds
+from heartbeat.report.outputs import markdown_text
+from heartbeat.report.run_report import heart_problem_sentence, recording_groups_sentence
 from heartbeat.train.runfolder import prepare_output_folder
 from heartbeat.data.manifest import MANIFEST_NAME
 from heartbeat.text import spreadsheet_frame
@@ -177,7 +179,7 @@ def _write_summary(work_dir: Path, recordings: pd.DataFrame, results: list[dict]
     atomic_write_json(work_dir / "summary.json", summary)
     matrix = pooled["confusion_matrix"]["matrix"]
     atomic_write_json(work_dir / "confusion_matrix.json", {"classes": classes, "matrix": matrix, "protocol": protocol})
-    from heartbeat.report.run_report import plot_confusion_matrix
+    from heartbeat.report.figures import plot_confusion_matrix
 
     plot_confusion_matrix(matrix, classes, f"All out-of-fold predictions ({len(oof)}), {_protocol_name(protocol)}",
                           work_dir / "confusion_matrix.png")

@@ -15,7 +15,7 @@ among the scored recordings), not the training set's.
   column of the confusion matrix shows it (the row of that class is all zeros).
 
 Writing: OUT receives exactly OUTPUTS, nothing else. Everything is made in memory first, then every
-file is staged beside its destination and renamed only once all are staged (report.write_all), so a
+file is staged beside its destination and renamed only once all are staged (outputs.write_all), so a
 failure leaves an earlier evaluation in OUT as it was, and a rerun replaces all five files (none can
 survive from an older evaluation). Nothing else in OUT is touched. OUT must not be (or be inside) the
 data or the model folder, and must not be a link: evaluate never writes where its inputs are.
@@ -35,6 +35,8 @@ from heartbeat.data import audio
 from heartbeat.data import layouts
 from heartbeat.fileio import entry_kind, is_inside, remove_dead_leftovers
 from heartbeat.report.metrics import classification_metrics
+from heartbeat.report.outputs import (confusion_section, figures_table, json_bytes, markdown_table, markdown_text, plain,
+                                      write_all)
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
 from heartbeat.text import printable, spreadsheet_cell
 
@@ -201,7 +203,7 @@ def majority_class(labels: list[str], classes: list[str]) -> str:
 
 def make_outputs(plan: EvaluationPlan, predictions: list, failures: list[Failure]) -> tuple[dict[str, bytes], dict]:
     """{file name: bytes} for every one of OUTPUTS, and the metrics (as metrics.json)."""
-    from heartbeat.report.run_report import json_bytes, plain, png_bytes, confusion_matrix_figure
+    from heartbeat.report.figures import confusion_matrix_figure, png_bytes
 
     classes = plan.predictor.classes
     labels = [recording.label for recording, _ in predictions]
@@ -270,8 +272,6 @@ def predictions_csv(predictions: list, classes: list[str]) -> str:
 
 def write_outputs(out_dir: Path, files: dict[str, bytes]) -> None:
     """Stage every file in OUT and rename them only once all are staged (a failure leaves OUT as it was)."""
-    from heartbeat.report.run_report import write_all
-
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:  # what a killed evaluation left while staging, once its writer is dead
@@ -290,13 +290,19 @@ def _text(value) -> str:
 
 def render_markdown(metrics: dict) -> str:
     """report.md: the model, the data, the counts, every figure beside the majority baseline, the confusion matrix."""
-    from heartbeat.report.run_report import format_number, markdown_table, markdown_text
-
     context = metrics["context"]
-    baseline = metrics["majority_baseline"]
-    lines = [f"# {context['title']}", "", _summary(metrics), ""]
+    return markdown_text([
+        f"# {context['title']}", "", _summary(metrics), "",
+        *_model_and_data_section(context),
+        *_recordings_section(context),
+        "## Figures", "", *figures_table(_figure_rows(metrics), metrics["majority_baseline"]["class"]), "",
+        " ".join(_figure_notes(metrics)), "",
+        *confusion_section(metrics["confusion_matrix"], CONFUSION_PNG),
+    ])
 
-    lines += ["## Model and data", "", *markdown_table(["item", "value"], [
+
+def _model_and_data_section(context: dict) -> list[str]:
+    return ["## Model and data", "", *markdown_table(["item", "value"], [
         ["model", f"{context['model_id']} ({context['model_dir']})"],
         ["model's classes", ", ".join(context["model_classes"])],
         ["data", context["data_dir"]],
@@ -306,11 +312,14 @@ def render_markdown(metrics: dict) -> str:
                                                 else "(one per recording: the layout names no patient)")],
     ]), ""]
 
+
+def _recordings_section(context: dict) -> list[str]:
+    """The counts (found, unlabelled, not scored per label, failed, scored), then what was not scored and why."""
     rows = [["recordings found", str(context["n_recordings_found"])],
             ["unlabelled (not evaluated)", str(context["n_unlabelled"])]]
     rows += [[f"not scored: {label}", str(count)] for label, count in context["not_scored"].items()]
     rows += [["failed (could not be used)", str(len(context["failed"]))], ["scored", str(context["n_scored"])]]
-    lines += ["## Recordings", "", *markdown_table(["", "recordings"], rows), ""]
+    lines = ["## Recordings", "", *markdown_table(["", "recordings"], rows), ""]
     if context["not_scored"]:
         lines += [f"Not scored: labels the model does not know ({', '.join(context['not_scored'])}); "
                   f"{context['not_scored_hint']}.", ""]
@@ -318,10 +327,12 @@ def render_markdown(metrics: dict) -> str:
         shown = [f"- {item['recording']}: {item['problem']}" for item in context["failed"][:_MAX_LISTED]]
         more = len(context["failed"]) - _MAX_LISTED
         lines += ["Failed:", "", *shown, *([f"- and {more} more (see metrics.json)"] if more > 0 else []), ""]
+    return lines
 
-    baseline_header = f"majority baseline (always {baseline['class']})"
-    figures = [[name, format_number(model), format_number(base)] for name, model, base in _figure_rows(metrics)]
-    lines += ["## Figures", "", *markdown_table(["figure", "model", baseline_header], figures), ""]
+
+def _figure_notes(metrics: dict) -> list[str]:
+    """What the figures mean here: the baseline, classes the set lacks, and the heart-problem figures."""
+    context = metrics["context"]
     notes = ["The baseline always answers the evaluated set's most common class; balanced accuracy is the mean "
              "recall over the classes present among the scored recordings."]
     confusion = metrics["confusion_matrix"]
@@ -338,13 +349,7 @@ def render_markdown(metrics: dict) -> str:
         problems = " or ".join(name for name in metrics["per_class"] if name != context["normal_class"])
         notes.append(f"Heart problem = any class other than {context['normal_class']} ({problems}); "
                      "Youden index = sensitivity + specificity − 1.")
-    lines += [" ".join(notes), ""]
-
-    lines += ["## Confusion matrix", "", f"![confusion matrix]({CONFUSION_PNG})", "", *markdown_table(
-        ["true \\ predicted", *confusion["classes"]],
-        [[name, *(str(count) for count in row)] for name, row in zip(confusion["classes"], confusion["matrix"])],
-    ), "", "Rows are the true class, columns the predicted class; counts are recordings.", ""]
-    return markdown_text(lines)
+    return notes
 
 
 def _summary(metrics: dict) -> str:
