@@ -17,10 +17,11 @@ from heartbeat.data import audio
 from heartbeat.train import model
 from heartbeat.train import nets
 from heartbeat.train.recipes import heartbeat as recipe
+from heartbeat.train.recipes import heartbeat_recipe
 
 CLASSES = ["extrastole", "murmur", "normal"]
 # A tiny network, two short epochs, every lever on: what is tested is the plumbing, not what it learns.
-TINY = dataclasses.replace(recipe.RECIPE, levers=frozenset(recipe.LEVERS), channels=(8, 8), epochs=2, batch_size=4)
+TINY = dataclasses.replace(heartbeat_recipe.RECIPE, levers=frozenset(heartbeat_recipe.LEVERS), channels=(8, 8), epochs=2, batch_size=4)
 
 
 def stage_one_image(label: str, seed: int, sounding: int = 512) -> np.ndarray:
@@ -172,16 +173,16 @@ def test_band_norm_removes_a_fixed_frequency_response():
 
 
 def test_levers_switch_parts_of_the_recipe_off_by_name():
-    assert recipe.RECIPE.levers == recipe.DEFAULT_LEVERS <= set(recipe.LEVERS)
-    plain = recipe.RECIPE.with_levers([])
-    assert plain.network(3).band_norm is None and recipe.RECIPE.network(3).band_norm is not None
+    assert heartbeat_recipe.RECIPE.levers == heartbeat_recipe.DEFAULT_LEVERS <= set(heartbeat_recipe.LEVERS)
+    plain = heartbeat_recipe.RECIPE.with_levers([])
+    assert plain.network(3).band_norm is None and heartbeat_recipe.RECIPE.network(3).band_norm is not None
     pixels = np.full((128, 512), 100, dtype=np.uint8)
     mel = np.random.default_rng(0).integers(1, 256, (128, 900)).astype(np.uint8)
     assert np.array_equal(recipe.augmented(pixels, mel, plain, np.random.default_rng(0)), pixels)
-    assert not np.array_equal(recipe.augmented(pixels, mel, recipe.RECIPE.with_levers(["random_windows"]),
+    assert not np.array_equal(recipe.augmented(pixels, mel, heartbeat_recipe.RECIPE.with_levers(["random_windows"]),
                                                np.random.default_rng(0)), pixels)
     with pytest.raises(ValueError, match="unknown lever"):
-        recipe.RECIPE.with_levers(["random_windows", "mixup"])
+        heartbeat_recipe.RECIPE.with_levers(["random_windows", "mixup"])
 
 
 def test_oversampling_draws_each_class_with_weight_count_to_the_minus_three_quarters(windows_dir, monkeypatch):
@@ -209,5 +210,5 @@ def test_oversampling_draws_each_class_with_weight_count_to_the_minus_three_quar
 
     (targets, p), = draws
     expected = np.array([counts[CLASSES[target]] for target in targets], dtype=float) ** -0.75
-    assert TINY.balance_power == recipe.RECIPE.balance_power == 0.75
+    assert TINY.balance_power == heartbeat_recipe.RECIPE.balance_power == 0.75
     np.testing.assert_allclose(p, expected / expected.sum(), rtol=1e-9)

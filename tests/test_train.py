@@ -247,7 +247,7 @@ def test_published_band_norm_run_is_predicted_as_its_report(trained_run, standin
 def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
     from heartbeat import predict
     from heartbeat.train import nets
-    from heartbeat.train.recipes.heartbeat import RECIPE
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
     settings = TrainSettings(recipe="heartbeat", epochs=1, batch_size=8, seed=1)
     result = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)

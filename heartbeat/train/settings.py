@@ -17,6 +17,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from heartbeat.train.recipes import heartbeat_recipe  # standard library only
+
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which fastai's set_seed calls, takes 0 .. 2**32-1
 MAX_IMAGE_SIZE = 2048  # 4x the published 512 px; one batch of ResNet-34 activations beyond it outgrows a workstation
 NOT_APPLICABLE = "n/a"  # a resolved setting that the run's mode does not use
@@ -24,9 +26,9 @@ STAGE1_IMAGE_SIZE = 512  # audio.SETTINGS.image_size, the spectrograms' size (no
 RECIPES = ("published", "heartbeat")
 PUBLISHED_EPOCHS = 5  # the published recipe's one-cycle epochs
 PUBLISHED_BATCH_SIZE = 4  # and its batch size
-# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat.train.recipes.heartbeat.LEVERS says what each
-# does; a test checks the two lists agree); the recipe's own choice is recipe.DEFAULT_LEVERS.
-LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_colour")
+# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat_recipe.LEVERS says what each
+# does); the recipe's own choice is heartbeat_recipe.DEFAULT_LEVERS.
+LEVERS = tuple(heartbeat_recipe.LEVERS)
 # The levers that augment training windows: they also apply to the published recipe wherever it trains on images
 # (--mode finetune, --no-pretrained); oversample is --balance's there.
 IMAGE_LEVERS = ("random_windows", "specaugment", "device_colour")
@@ -169,7 +171,7 @@ class TrainSettings:
                           f"the published recipe, which takes band_norm, and the augmentations "
                           f"({', '.join(IMAGE_LEVERS)}) with --mode finetune or --no-pretrained (README 'Model "
                           "quality')", type=lever_list, metavar="LIST")
-    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.train.recipes.heartbeat.RECIPE's)
+    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat_recipe.RECIPE's)
     epochs: int | None = setting(None, "--epochs", f"one-cycle epochs (default: the recipe's; {PUBLISHED_EPOCHS} in the "
                                  "published one, as published)", type=positive_int)
     batch_size: int | None = setting(None, "--bs", f"batch size (default: the recipe's; {PUBLISHED_BATCH_SIZE} in the "
@@ -295,12 +297,11 @@ class TrainSettings:
         if self.recipe == "published":
             return dataclasses.replace(self, epochs=self.epochs or PUBLISHED_EPOCHS,
                                        batch_size=self.batch_size or PUBLISHED_BATCH_SIZE)
-        from heartbeat.train.recipes.heartbeat import RECIPE  # torch: only once a run starts
-
-        chosen = ",".join(name for name in LEVERS if name in RECIPE.levers)
+        recipe = heartbeat_recipe.RECIPE
+        chosen = ",".join(name for name in LEVERS if name in recipe.levers)
         levers = chosen if self.levers == DEFAULT_LEVERS else self.levers
-        return dataclasses.replace(self, pretrained=False, epochs=self.epochs or RECIPE.epochs,
-                                   batch_size=self.batch_size or RECIPE.batch_size, lr=self.lr or RECIPE.lr,
+        return dataclasses.replace(self, pretrained=False, epochs=self.epochs or recipe.epochs,
+                                   batch_size=self.batch_size or recipe.batch_size, lr=self.lr or recipe.lr,
                                    levers=levers)
 
 
