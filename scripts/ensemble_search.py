@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from recipe_search import run_figures
+from recipe_search import fit_windows, run_figures
 
 SELECTION_SEEDS = (1, 2)
 FOLDS = 5
@@ -64,16 +64,17 @@ def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
     import torch
 
     from heartbeat.report import cv
-    from heartbeat.train.recipes import heartbeat as recipe
     from heartbeat.train import split
     from heartbeat.train import run as train
-    from heartbeat.train.device import cpu
+    from heartbeat.train import training_windows
+    from heartbeat.train.inputs import read_spectrograms
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
     torch.set_num_threads(1)
-    windows = train.read_spectrograms(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir)
     recordings = split.recordings_table(windows)
     classes = sorted(set(windows["label"]))
-    pixels = recipe.read_band_pixels(spectrograms_dir, windows["image"])
+    pixels = training_windows.read_band_pixels(spectrograms_dir, windows["image"])
 
     def window_probabilities(network, rows):
         batch = torch.from_numpy(np.stack([pixels[i] for i in rows]).astype(np.float32) / 255.0)[:, None]
@@ -85,8 +86,7 @@ def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
         return table["label"].to_numpy(), table[[f"prob_{name}" for name in classes]].to_numpy()
 
     def trained(frame, member_seed):
-        return recipe.fit_heartbeat(frame, classes, spectrograms_dir, recipe.RECIPE, seed=member_seed,
-                                    device=cpu()).network
+        return fit_windows(frame, classes, spectrograms_dir, RECIPE, member_seed).network
 
     rows_out = []
     for _, fold, table in cv.fold_splits(recordings, "patient", FOLDS, [seed], 0.3):

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from recipe_search import run_figures
+from recipe_search import fit_windows, run_figures
 
 SELECTION_SEEDS = (1, 2)
 FOLDS = 5
@@ -63,13 +63,13 @@ def main(argv) -> int:
     import torch
 
     from heartbeat.report import cv
-    from heartbeat.train.recipes import heartbeat as recipe
     from heartbeat.train import split
     from heartbeat.train import run as train
-    from heartbeat.train.device import cpu
+    from heartbeat.train.inputs import read_spectrograms
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
     torch.set_num_threads(1)
-    windows = train.read_spectrograms(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir)
     recordings = split.recordings_table(windows)
     classes = sorted(set(windows["label"]))
     rows = []
@@ -81,12 +81,11 @@ def main(argv) -> int:
         held_out = windows["recording"].isin(inner.loc[inner["split"] == "valid", "recording"]).to_numpy()
         inner_frame = windows[~outer_valid].assign(is_valid=held_out[~outer_valid]).reset_index(drop=True)
         watcher = epoch_watcher(inner_frame[inner_frame["is_valid"]].reset_index(drop=True), classes)
-        recipe.fit_heartbeat(inner_frame, classes, spectrograms_dir,
-                             dataclasses.replace(recipe.RECIPE, epochs=MAX_EPOCHS), seed=seed, device=cpu(),
-                             callbacks=[watcher])
+        fit_windows(inner_frame, classes, spectrograms_dir, dataclasses.replace(RECIPE, epochs=MAX_EPOCHS), seed,
+                    callbacks=[watcher])
         best_epochs = 1 + int(np.argmax(watcher.scores))  # argmax takes the first (fewest epochs) of ties
-        final = recipe.fit_heartbeat(windows.assign(is_valid=outer_valid), classes, spectrograms_dir,
-                                     dataclasses.replace(recipe.RECIPE, epochs=best_epochs), seed=seed, device=cpu())
+        final = fit_windows(windows.assign(is_valid=outer_valid), classes, spectrograms_dir,
+                            dataclasses.replace(RECIPE, epochs=best_epochs), seed)
         valid = windows[outer_valid].reset_index(drop=True)
         predictions = train.recording_predictions(valid, final.window_probs, classes)
         figures = run_figures(predictions["label"], predictions["predicted"], classes)

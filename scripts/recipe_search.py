@@ -73,22 +73,34 @@ def run_figures(labels, predicted, classes: list[str]) -> dict:
             **{f"recall_{c}": figures["per_class"][c]["recall"] for c in classes}}
 
 
-def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, device, fields: dict):
+def fit_windows(windows, classes, spectrograms_dir, chosen, seed: int, callbacks=()):
+    """The heartbeat recipe's fit(study, plan, sources) on windows that carry is_valid, on the CPU."""
+    from heartbeat.train.contract import Sources, Study, plan_from_windows
+    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train.settings import TrainSettings
+
+    study = Study(Path(spectrograms_dir), windows, classes, {})
+    settings = TrainSettings(recipe="heartbeat", seed=seed, device="cpu").effective()
+    plan = plan_from_windows(study, settings, recipe=chosen, callbacks=callbacks)
+    return recipe.fit(study, plan, Sources(None, None, "none"))
+
+
+def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, fields: dict):
     """The 10 fold runs of one configuration: a list of per-run figure dicts."""
     import torch
 
     from heartbeat.report import cv
-    from heartbeat.train.recipes import heartbeat as recipe
     from heartbeat.train import run as train
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
-    chosen = dataclasses.replace(recipe.RECIPE, **{**FIRST, **fields})
+    chosen = dataclasses.replace(RECIPE, **{**FIRST, **fields})
     rows = []
     for seed, fold, split_table in cv.fold_splits(recordings, "patient", FOLDS, list(SELECTION_SEEDS), 0.3):
         assert seed in SELECTION_SEEDS
         fold_windows = windows.merge(split_table[["recording", "split"]], on="recording")
         fold_windows["is_valid"] = fold_windows["split"] == "valid"
         started = time.time()
-        fitted = recipe.fit_heartbeat(fold_windows, classes, spectrograms_dir, chosen, seed=seed, device=device)
+        fitted = fit_windows(fold_windows, classes, spectrograms_dir, chosen, seed)
         seconds = time.time() - started
         valid = fold_windows[fold_windows["is_valid"]].reset_index(drop=True)
         predictions = train.recording_predictions(valid, fitted.window_probs, classes)
@@ -132,18 +144,17 @@ def main() -> int:
     import torch
 
     from heartbeat.train import split
-    from heartbeat.train import run as train
+    from heartbeat.train.inputs import read_spectrograms
     from heartbeat.data.dataset import CLASSES
-    from heartbeat.train.device import cpu
 
     torch.set_num_threads(THREADS)
-    windows = train.read_spectrograms(args.spectrograms)
+    windows = read_spectrograms(args.spectrograms)
     recordings = split.recordings_table(windows)
     classes = [name for name in CLASSES if name in set(windows["label"])]
     print("| configuration | balanced accuracy | macro-F1 | Youden | recall extrastole | recall murmur | recall normal "
           "| s/fold |\n|---|---|---|---|---|---|---|---|")
     for name in args.configs or list(CONFIGS):
-        runs = run_config(name, windows, recordings, classes, args.spectrograms, cpu(), CONFIGS[name])
+        runs = run_config(name, windows, recordings, classes, args.spectrograms, CONFIGS[name])
         print(table_row(name, runs), flush=True)
         if args.out:
             frame = pd.DataFrame(runs)

@@ -22,7 +22,8 @@ from heartbeat import cli
 from heartbeat.train import model
 from heartbeat.train import split
 from heartbeat.train.device import cpu_has_bf16
-from heartbeat.train.run import TrainError, TrainSettings, read_spectrograms, train
+from heartbeat.train.inputs import read_spectrograms
+from heartbeat.train.run import TrainError, TrainSettings, train
 
 BODY_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
@@ -44,26 +45,33 @@ def git_head() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
+def network_probabilities(run, spectrograms, recordings) -> np.ndarray:
+    """Each recording's probabilities from the run's saved network in fp32 on stage 1's images, as predict computes them."""
     from PIL import Image
 
     from heartbeat.data import audio
     from heartbeat.report import metrics
+    from heartbeat.train import nets
 
     network, info = model.load_model(run)  # safetensors + JSON: nothing is unpickled
-    classifier = model.Classifier(network).eval()
+    classifier = (nets.Classifier(network) if isinstance(network, nets.HeartNet) else model.Classifier(network)).eval()
     manifest = pd.read_csv(spectrograms / "manifest.csv", keep_default_na=False)
-    predictions = pd.read_csv(run / "predictions.csv")
     recomputed = []
-    for _, row in predictions.iterrows():
+    for recording in recordings:
         images = [audio.model_input(np.asarray(Image.open(spectrograms / name)), info["image_size"])
-                  for name in manifest.loc[manifest["recording"] == row["recording"], "image"]]
+                  for name in manifest.loc[manifest["recording"] == recording, "image"]]
         with torch.no_grad():
             window_probs = classifier(model.images_to_tensor(images)).numpy()
         recomputed.append(metrics.combine_windows(window_probs))
-    saved = predictions[[f"prob_{name}" for name in info["classes"]]].to_numpy(dtype=float)
-    return saved, np.array(recomputed)
+    return np.array(recomputed)
+
+
+def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
+    classes = json.loads((run / "model.json").read_text())["classes"]
+    predictions = pd.read_csv(run / "predictions.csv")
+    saved = predictions[[f"prob_{name}" for name in classes]].to_numpy(dtype=float)
+    return saved, network_probabilities(run, spectrograms, predictions["recording"])
 
 
 def is_conv_weight(key: str, value) -> bool:
@@ -181,7 +189,7 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
 
     for name in [name for name in vars(augment) if not name.startswith("_") and callable(getattr(augment, name))]:
         monkeypatch.setattr(augment, name, refuse)  # no augmentation anywhere in a published run
-    monkeypatch.setattr(recipe, "fit_heartbeat", refuse)
+    monkeypatch.setattr(recipe, "fit", refuse)
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     loaded = torch.load(standin_weights, weights_only=True)
@@ -198,22 +206,22 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
 
 def test_published_finetune_with_augmentation_levers_augments_training_images_only(trained_run, standin_weights,
                                                                                      tmp_path, monkeypatch):
-    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train import training_windows
 
     seen = []
-    original = recipe.augmented
+    original = training_windows.augmented
 
     def spy(pixels, mel, chosen, rng):
         seen.append((pixels.tobytes(), tuple(sorted(chosen.levers))))
         return original(pixels, mel, chosen, rng)
 
-    monkeypatch.setattr(recipe, "augmented", spy)
+    monkeypatch.setattr(training_windows, "augmented", spy)
     settings = TrainSettings(weights=str(standin_weights), mode="finetune", image_size=32, epochs=1, batch_size=4,
                              lr=1e-3, levers="random_windows,specaugment")
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     split_table = pd.read_csv(run / "split.csv")
     windows = read_spectrograms(trained_run["spectrograms"]).merge(split_table[["recording", "split"]], on="recording")
-    bands = {image: recipe.read_band_pixels(trained_run["spectrograms"], [image])[0].tobytes()
+    bands = {image: training_windows.read_band_pixels(trained_run["spectrograms"], [image])[0].tobytes()
              for image in windows["image"]}
     train_bands = {bands[image] for image in windows.loc[windows["split"] == "train", "image"]}
     valid_bands = {bands[image] for image in windows.loc[windows["split"] == "valid", "image"]}
@@ -490,7 +498,7 @@ def test_lr_find_without_a_curve_gives_no_suggestion():
     # fastai's valley() fails on an empty curve (the loss diverged within the finder's first steps)
     from types import SimpleNamespace
 
-    from heartbeat.train.run import find_lr
+    from heartbeat.train.loop import find_lr
 
     def diverged(show_plot):
         raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
