@@ -218,7 +218,9 @@ def _os_error_line(error: OSError) -> str:
     return f"{error.filename}: {reason}" if error.filename else reason
 
 
-def _headline(metrics: dict, run_dir) -> str:
+def _headline(metrics: dict | None, run_dir) -> str:
+    if metrics is None:  # --valid-fraction 0: no validation side
+        return f"{run_dir}: trained on every labelled recording, no validation figures (see the CV); report: {run_dir}/report.md"
     baseline = metrics["majority_baseline"]
     return (
         f"{run_dir}: error rate {metrics['error_rate']:.3f} (majority baseline, always {baseline['class']}: "

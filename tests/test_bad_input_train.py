@@ -70,7 +70,7 @@ def assert_refused(code: int, lines: list[str], names: list[str]) -> None:
 BAD_OPTIONS = [  # (command, flag, value)
     ("train", "--lr", "-1"), ("train", "--lr", "0"), ("train", "--lr", "nan"), ("train", "--lr", "inf"),
     ("train", "--unfreeze-epochs", "-1"), ("train", "--seed", "-1"), ("train", "--seed", str(2**32)),
-    ("train", "--seed", "1.5"), ("train", "--valid-fraction", "0"), ("train", "--valid-fraction", "1"),
+    ("train", "--seed", "1.5"), ("train", "--valid-fraction", "-0.1"), ("train", "--valid-fraction", "1"),
     ("train", "--valid-fraction", "nan"), ("train", "--image-size", "0"), ("train", "--image-size", "4096"),
     ("train", "--bs", "0"), ("train", "--epochs", "0"), ("train", "--name", "../outside"),
     ("cv", "--folds", "1"), ("cv", "--seeds", "1,-1"), ("cv", "--seeds", "1,1"), ("cv", "--seeds", ","),

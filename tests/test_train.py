@@ -274,6 +274,40 @@ def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
         np.testing.assert_allclose([answer.probabilities[name] for name in result.classes], expected, atol=1e-4)
 
 
+def test_valid_fraction_zero_trains_the_heartbeat_recipe_on_every_recording(trained_run, tmp_path, capsys):
+    spectrograms, run = trained_run["spectrograms"], tmp_path / "final"
+    code = cli.main(["train", "--spectrograms", str(spectrograms), "--out", str(run), "--recipe", "heartbeat",
+                     "--valid-fraction", "0", "--epochs", "1", "--bs", "8", "--seed", "1", "--quiet"])
+    assert code == 0 and "no validation figures" in capsys.readouterr().out
+    for name in ["model.onnx", "model.json", "config.json", "split.csv", "epochs.csv", "report.md"]:
+        assert (run / name).is_file(), name
+    assert not (run / "predictions.csv").exists() and not (run / "metrics.json").exists()
+    split_table = pd.read_csv(run / "split.csv")
+    labelled = set(read_spectrograms(spectrograms)["recording"])
+    assert sorted(split_table["recording"]) == sorted(labelled) and set(split_table["split"]) == {"train"}
+    assert list(pd.read_csv(run / "epochs.csv").columns) == ["epoch", "train_loss"]  # no validation pass
+    assert json.loads((run / "config.json").read_text())["n_windows"]["valid"] == 0
+    assert (f"Trained on all {len(labelled)} recordings: no validation side; its figures come from the CV"
+            in (run / "report.md").read_text())
+    # predict reads the final model as any other: its answers are the saved network's
+    recordings = sorted(labelled)[:4]
+    assert cli.main(["predict", "--json", "--model", str(run),
+                     *[str(trained_run["data"] / "set_b" / name) for name in recordings]]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    classes = json.loads((run / "model.json").read_text())["classes"]
+    predicted = np.array([[answer["probabilities"][name] for name in classes] for answer in answers])
+    np.testing.assert_allclose(predicted, network_probabilities(run, spectrograms, recordings), atol=1e-4)
+
+
+def test_valid_fraction_zero_is_refused_for_the_published_recipe(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--spectrograms", str(trained_run["spectrograms"]), "--out", str(out), "--no-pretrained",
+                     "--valid-fraction", "0", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--valid-fraction 0" in err and "--recipe heartbeat" in err
+    assert not out.exists()
+
+
 def test_no_pretrained_trains_the_whole_body(trained_run):
     initial, state = trained_run["initial_body"], saved_state(trained_run["run"])
     convs = [key for key in initial if "conv" in key and key.endswith("weight")]

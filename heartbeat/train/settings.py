@@ -94,8 +94,8 @@ def learning_rate(text: str) -> float:
 
 def fraction(text: str) -> float:
     value = finite_float(text)
-    if not 0 < value < 1:  # both sides of the split need recordings
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    if not 0 <= value < 1:  # 0: no validation side (a final model); the training side always needs recordings
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 
 
@@ -159,7 +159,8 @@ class TrainSettings:
     split: str = setting("patient", "--split", "patient: grouped by patient, no patient on both sides (default); random: "
                          "the published 70:30 by recording, patients leak", choices=("patient", "random"))
     valid_fraction: float = setting(0.3, "--valid-fraction", "share of recordings for validation (default: %(default)s, "
-                                    "as published)", type=fraction)
+                                    "as published); 0 trains the heartbeat recipe on every recording (a final model: "
+                                    "its figures come from the CV)", type=fraction)
     seed: int = setting(42, "--seed", f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)",
                         type=seed_number)
     # "published": the study's ResNet-34 recipe; "heartbeat": heartbeat.train.recipes.heartbeat's small CNN (README "Model quality")
@@ -211,8 +212,8 @@ class TrainSettings:
             if allowed and getattr(self, field.name) not in allowed:
                 raise ValueError(f"{field.metadata['flag']} must be one of {', '.join(allowed)}, "
                                  f"not {getattr(self, field.name)!r}")
-        if not 0 < self.valid_fraction < 1:  # also refuses NaN
-            raise ValueError(f"--valid-fraction must be between 0 and 1 (both excluded), not {self.valid_fraction}")
+        if not 0 <= self.valid_fraction < 1:  # also refuses NaN
+            raise ValueError(f"--valid-fraction must be at least 0 and below 1, not {self.valid_fraction}")
         whole_numbers = {"--seed": (self.seed, 0, MAX_SEED), "--epochs": (self.epochs, 1, None),
                          "--bs": (self.batch_size, 1, None), "--image-size": (self.image_size, 1, MAX_IMAGE_SIZE),
                          "--unfreeze-epochs": (self.unfreeze_epochs, 0, None)}
@@ -243,6 +244,9 @@ class TrainSettings:
             self._check_heartbeat_recipe()
         else:
             self._check_published_levers()
+        if self.valid_fraction == 0 and self.recipe != "heartbeat":
+            raise ValueError("--valid-fraction 0 (every recording trains) needs --recipe heartbeat: the published recipe "
+                             "chooses its rate and reports its scores on a validation side; give a fraction above 0")
         if not self.pretrained and self.mode == "finetune":
             raise ValueError("--mode finetune does nothing with --no-pretrained (there is no pretrained body to "
                              "fine-tune; the whole network trains from scratch): drop one of them")
