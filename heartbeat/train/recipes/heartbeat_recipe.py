@@ -18,13 +18,13 @@ LEVERS = {
     "specaugment": "SpecAugment time and frequency masks",
     "device_colour": "random spectral tilt, band limits and noise floor (another stethoscope's colour)",
 }
-# Measured on Dataset B, 5-fold patient CV, seeds 1-2 (10 fold trainings each; scripts/recipe_search.py). Each
+# Measured on Dataset B, 5-fold patient CV, seeds 1-2 (10 fold trainings each; experiments/recipe_search.py). Each
 # difference is paired by fold: mean +- its standard error, then the two seeds' means.
 # From the first recipe (all five levers on, classes fully balanced):
 # - all of band_norm, random_windows, specaugment, device_colour off: balanced accuracy -0.103 +- 0.029 (-0.092,
 #   -0.115 per seed);
 # - band_norm off: balanced accuracy -0.057 +- 0.015 (-0.069, -0.045), heart-problem Youden -0.102 +- 0.036: kept.
-#   It is also what keeps the network working on another device's colour (scripts/device_shift.py, README): without
+#   It is also what keeps the network working on another device's colour (experiments/device_shift.py, README): without
 #   it a 400 Hz low-pass, a +6 dB/octave tilt or noise 20 dB below the signal cost 0.09-0.18 balanced accuracy;
 #   with it, none cost more than its spread;
 # - device_colour off: balanced accuracy +0.035 +- 0.025 (-0.018, +0.088) and 24 s less per fold: it does not help
@@ -36,18 +36,18 @@ DEFAULT_LEVERS = frozenset({"band_norm", "oversample", "random_windows", "specau
 # Measured against the chosen recipe on the same 10 runs and not kept (paired balanced accuracy, Youden):
 # - an ensemble of 3 seeds' models, probabilities averaged: -0.037 +- 0.014, Youden -0.052 +- 0.018 (averaging
 #   softens the rare classes' probabilities: extrastole recall 0.39 -> 0.27); a fold ensemble (3 models on 2 of 3
-#   patient-grouped inner folds each): -0.040 +- 0.023 (scripts/ensemble_search.py);
+#   patient-grouped inner folds each): -0.040 +- 0.023 (experiments/ensemble_search.py);
 # - a class bias chosen on those inner models' out-of-fold predictions: for balanced accuracy -0.022 +- 0.023
 #   (Youden -0.101 +- 0.037); for the mean of balanced accuracy and Youden -0.047 +- 0.017 (Youden +0.089 +- 0.019,
 #   extrastole recall 0.01): it only moves along the extrastole-normal trade-off;
-# - the epochs chosen per run on an inner 20% patient split (scripts/inner_epochs_search.py): see `epochs`.
+# - the epochs chosen per run on an inner 20% patient split (experiments/inner_epochs_search.py): see `epochs`.
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of the `heartbeat` recipe, with the reason for its value.
 
-    "Measured" means scripts/recipe_search.py on Dataset B (seeds 1-2 only); settings without a
+    "Measured" means experiments/recipe_search.py on Dataset B (seeds 1-2 only); settings without a
     measurement were not varied within the search's time box and say so.
     """
     levers: frozenset = DEFAULT_LEVERS

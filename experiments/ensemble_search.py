@@ -1,8 +1,8 @@
 """Selection (SEEDS 1 AND 2 ONLY): do ensembles or an out-of-fold class bias improve the `heartbeat` recipe?
 
 For each run of the 5-fold patient-grouped CV (seed 1 or 2), on the same outer folds as
-`heartbeat cv` and scripts/recipe_search.py:
-- full:    the recipe (heartbeat.train.recipes.heartbeat.RECIPE) trained on all training folds, seed s;
+`heartbeat cv` and experiments/recipe_search.py:
+- full:    the recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) trained on all training folds, seed s;
 - seedens: full and two more models of seeds s+100, s+200; window probabilities averaged;
 - inner:   3 models, each trained on 2 of 3 patient-grouped inner folds of the training folds
            (a "fold ensemble"); probabilities averaged;
@@ -13,8 +13,8 @@ choose a class bias (probabilities x exp(bias), normal's bias 0, a grid of -2..2
 heart-problem Youden ("mix"). Every variant is scored on the outer fold without a bias and with
 each chosen bias. Seeds 3-5 are the README's final table and are refused here.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/ensemble_search.py SPECTROGRAMS_DIR SEED OUT.csv
-    .venv/bin/python scripts/ensemble_search.py --summary OUT.csv [OUT2.csv ...]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/ensemble_search.py SPECTROGRAMS_DIR SEED OUT.csv
+    .venv/bin/python experiments/ensemble_search.py --summary OUT.csv [OUT2.csv ...]
 
 One seed per process (two processes on two cores); each takes ~14 min on one thread.
 """

@@ -2,13 +2,13 @@
 
 For each run of the 5-fold patient-grouped CV (seeds 1-2, the folds of `heartbeat cv`):
 1. the training folds' patients are split 80:20 (split.patient_split, the run's seed);
-2. the recipe (heartbeat.train.recipes.heartbeat.RECIPE) trains for MAX_EPOCHS on the 80%, and after every epoch
+2. the recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) trains for MAX_EPOCHS on the 80%, and after every epoch
    its recordings' balanced accuracy on the 20% is measured (never the outer validation fold);
 3. the best epoch count (ties: the fewest) is trained afresh on all training folds (a one-cycle
    schedule of that length) and scored on the outer fold.
-The fixed recipe (RECIPE.epochs) on the same folds is scripts/recipe_search.py's "chosen".
+The fixed recipe (RECIPE.epochs) on the same folds is experiments/recipe_search.py's "chosen".
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/inner_epochs_search.py SPECTROGRAMS_DIR OUT.csv
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/inner_epochs_search.py SPECTROGRAMS_DIR OUT.csv
 """
 
 from __future__ import annotations

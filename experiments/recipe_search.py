@@ -1,13 +1,13 @@
 """Select the `heartbeat` recipe: 5-fold patient-grouped CV of recipe variants on SEEDS 1 AND 2 ONLY.
 
 Seeds 3-5 are the README's final table: choosing anything on them would be peeking, so this
-script refuses them. Each configuration is the recipe (heartbeat.train.recipes.heartbeat.RECIPE) with a few
+script refuses them. Each configuration is the recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) with a few
 fields changed; each runs 10 fold trainings (5 folds x seeds 1, 2) and prints one row: mean
 +- std over the 10 runs of balanced accuracy, macro-F1, heart-problem Youden, recall per class,
 and the seconds per fold (training and validation; noisy on a shared machine).
 
-    .venv/bin/python scripts/recipe_search.py SPECTROGRAMS_DIR CONFIG [CONFIG ...] [--out results.csv]
-    .venv/bin/python scripts/recipe_search.py --list
+    .venv/bin/python experiments/recipe_search.py SPECTROGRAMS_DIR CONFIG [CONFIG ...] [--out results.csv]
+    .venv/bin/python experiments/recipe_search.py --list
 
 SPECTROGRAMS_DIR is `heartbeat spectrograms`' output for Dataset B.
 """
@@ -27,7 +27,7 @@ FOLDS = 5
 THREADS = 1
 ALL = ("random_windows", "specaugment", "device_colour", "band_norm", "oversample")
 # The search started from this recipe (every lever on, classes fully balanced); each configuration
-# below changes a few of its fields. The chosen recipe (heartbeat.train.recipes.heartbeat.RECIPE) is "chosen".
+# below changes a few of its fields. The chosen recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) is "chosen".
 FIRST = {"levers": frozenset(ALL), "balance_power": 1.0, "epochs": 12, "lr": 3e-3, "kind": "cnn1d",
          "channels": (64, 128, 128, 256), "input_pool": (1, 2)}
 
@@ -37,7 +37,7 @@ def without(*names):
 
 
 CHOSEN = {"levers": without("device_colour"), "balance_power": 0.75}
-# name -> fields of heartbeat.train.recipes.heartbeat.Recipe that differ from FIRST, in the order they were measured
+# name -> fields of heartbeat.train.recipes.heartbeat_recipe.Recipe that differ from FIRST, in the order they were measured
 CONFIGS = {
     "first": {},
     "first-all_levers+oversample": {"levers": frozenset({"oversample"})},
@@ -64,7 +64,7 @@ CONFIGS = {
 
 def run_figures(labels, predicted, classes: list[str]) -> dict:
     """The selection's figures of one run (recording labels and predictions): balanced accuracy, macro-F1,
-    heart-problem Youden and each class's recall; scripts/ensemble_search.py and inner_epochs_search.py use it too."""
+    heart-problem Youden and each class's recall; experiments/ensemble_search.py and inner_epochs_search.py use it too."""
     from heartbeat.report import metrics
 
     figures = metrics.classification_metrics(list(labels), list(predicted), classes, majority_class="normal")
