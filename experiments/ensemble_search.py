@@ -60,6 +60,32 @@ def choose_bias(labels, probabilities, classes, objective: str) -> np.ndarray:
     return best
 
 
+def scored_variants(variants: dict, oof_labels, oof_probabilities, per_recording, classes, *, seed: int,
+                    fold: int) -> list[dict]:
+    """One row per variant and bias (none, and those chosen on the inner models' out-of-fold predictions)."""
+    biases = {"none": None, **{objective: choose_bias(oof_labels, oof_probabilities, classes, objective)
+                               for objective in ("bacc", "mix")}}
+    rows = []
+    for variant, probabilities in variants.items():
+        labels, recording_probabilities = per_recording(probabilities)
+        for bias_name, bias in biases.items():
+            rows.append({"variant": f"{variant}+{bias_name}", "seed": seed, "fold": fold,
+                         **scored(labels, recording_probabilities, classes, bias),
+                         "bias": "" if bias is None else " ".join(f"{v:+.2f}" for v in bias)})
+    return rows
+
+
+def inner_models(windows, is_valid, training, seed: int, trained):
+    """Yield (held-out window mask, network) for each of the INNER_FOLDS patient-grouped inner folds of the training side."""
+    from heartbeat.train import split
+
+    inner_fold = split.patient_folds(training, INNER_FOLDS, seed).to_numpy()
+    for k in range(INNER_FOLDS):
+        held_out = windows["recording"].isin(training.loc[inner_fold == k, "recording"]).to_numpy()
+        frame = windows[~is_valid].assign(is_valid=held_out[~is_valid]).reset_index(drop=True)
+        yield held_out, trained(frame, seed + 10 * k)
+
+
 def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
     import torch
 
@@ -96,28 +122,18 @@ def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
         full = [window_probabilities(trained(windows.assign(is_valid=is_valid), seed + 100 * k), valid_rows)
                 for k in range(MEMBERS)]
         training = table[table["split"] == "train"].reset_index(drop=True)
-        inner_fold = split.patient_folds(training, INNER_FOLDS, seed).to_numpy()
         oof_labels, oof_probabilities, inner = [], [], []
-        for k in range(INNER_FOLDS):
-            held_out = windows["recording"].isin(training.loc[inner_fold == k, "recording"]).to_numpy()
-            frame = windows[~is_valid].assign(is_valid=held_out[~is_valid]).reset_index(drop=True)
-            network = trained(frame, seed + 10 * k)
+        for held_out, network in inner_models(windows, is_valid, training, seed, trained):
             labels, probabilities = per_recording(np.flatnonzero(held_out),
                                                   window_probabilities(network, np.flatnonzero(held_out)))
             oof_labels.append(labels)
             oof_probabilities.append(probabilities)
             inner.append(window_probabilities(network, valid_rows))
-        oof_labels, oof_probabilities = np.concatenate(oof_labels), np.concatenate(oof_probabilities)
-        biases = {"none": None, **{objective: choose_bias(oof_labels, oof_probabilities, classes, objective)
-                                   for objective in ("bacc", "mix")}}
         variants = {"full": full[0], "seedens": np.mean(full, axis=0), "inner": np.mean(inner, axis=0),
                     "inner1": inner[0]}
-        for variant, probabilities in variants.items():
-            labels, recording_probabilities = per_recording(valid_rows, probabilities)
-            for bias_name, bias in biases.items():
-                rows_out.append({"variant": f"{variant}+{bias_name}", "seed": seed, "fold": fold,
-                                 **scored(labels, recording_probabilities, classes, bias),
-                                 "bias": "" if bias is None else " ".join(f"{v:+.2f}" for v in bias)})
+        rows_out += scored_variants(variants, np.concatenate(oof_labels), np.concatenate(oof_probabilities),
+                                    lambda probabilities: per_recording(valid_rows, probabilities), classes,
+                                    seed=seed, fold=fold)
         pd.DataFrame(rows_out).to_csv(out_csv, index=False)
         print(f"seed {seed} fold {fold}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
 
