@@ -72,9 +72,10 @@ $(SPECTROGRAMS)/manifest.csv: $(STAGE1_INPUTS) $(STAGE1_SOURCES) $(SPECTROGRAMS)
 $(SPECTROGRAMS)/.stage1-settings: FORCE | $(SPECTROGRAMS)/
 	$(call stamp,$@,$(DATA) $(FORMAT) $(SPECTROGRAM_FLAGS))
 
-train: $(RUNS)/latest/metrics.json ## stage 2: fine-tune ResNet-34 on the spectrograms, write the run folder and its report
+train: $(RUNS)/latest/model.json ## stage 2: train on the spectrograms (TRAIN_FLAGS), write the run folder and its report
 
-$(RUNS)/latest/metrics.json: $(SPECTROGRAMS)/manifest.csv $(PACKAGE_SOURCES) $(RUNS)/.train-settings | $(INSTALLED)
+# model.json: every run has one (a --valid-fraction 0 run has no metrics.json)
+$(RUNS)/latest/model.json: $(SPECTROGRAMS)/manifest.csv $(PACKAGE_SOURCES) $(RUNS)/.train-settings | $(INSTALLED)
 	$(BIN)/heartbeat train --spectrograms $(SPECTROGRAMS) --runs $(RUNS) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS)
 
 $(RUNS)/.train-settings: FORCE | $(RUNS)/

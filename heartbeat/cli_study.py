@@ -149,7 +149,9 @@ def _run_train(args) -> int:
     return 0
 
 
-def _headline(metrics: dict, run_dir) -> str:
+def _headline(metrics: dict | None, run_dir) -> str:
+    if metrics is None:  # --valid-fraction 0: no validation side
+        return f"{run_dir}: trained on every labelled recording, no validation figures (see the CV); report: {run_dir}/report.md"
     baseline = metrics["majority_baseline"]
     return (
         f"{run_dir}: error rate {metrics['error_rate']:.3f} (majority baseline, always {baseline['class']}: "

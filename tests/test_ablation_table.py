@@ -1,4 +1,4 @@
-"""scripts/ablation_table.py: the README's ablation rows from cv folders (hand-made folders, no training)."""
+"""experiments/ablation_table.py: the README's ablation rows from cv folders (hand-made folders, no training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation_table.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablation_table.py"
 CLASSES = ["extrastole", "murmur", "normal"]
 
 

@@ -21,6 +21,7 @@ from badinput import REPO, assert_one_line_error, hold_lock, run_cli, snapshot
 from heartbeat import cli, cli_study, fileio
 from heartbeat.train import run as train
 from heartbeat.report.cv import cross_validate
+from heartbeat.train.recipes.features import feature_cache_dir
 from heartbeat.train.run import TrainError, TrainSettings
 
 TINY = ["--no-pretrained", "--image-size", "32", "--epochs", "1", "--quiet"]  # from scratch: no weights file needed
@@ -69,7 +70,7 @@ def assert_refused(code: int, lines: list[str], names: list[str]) -> None:
 BAD_OPTIONS = [  # (command, flag, value)
     ("train", "--lr", "-1"), ("train", "--lr", "0"), ("train", "--lr", "nan"), ("train", "--lr", "inf"),
     ("train", "--unfreeze-epochs", "-1"), ("train", "--seed", "-1"), ("train", "--seed", str(2**32)),
-    ("train", "--seed", "1.5"), ("train", "--valid-fraction", "0"), ("train", "--valid-fraction", "1"),
+    ("train", "--seed", "1.5"), ("train", "--valid-fraction", "-0.1"), ("train", "--valid-fraction", "1"),
     ("train", "--valid-fraction", "nan"), ("train", "--image-size", "0"), ("train", "--image-size", "4096"),
     ("train", "--bs", "0"), ("train", "--epochs", "0"), ("train", "--name", "../outside"),
     ("cv", "--folds", "1"), ("cv", "--seeds", "1,-1"), ("cv", "--seeds", "1,1"), ("cv", "--seeds", ","),
@@ -259,7 +260,7 @@ def test_feature_cache_loses_only_dead_writers_leftovers(spectrograms, tmp_path)
     kept = make_file(features / "0123abcd.safetensors")
     with fileio.atomic_path(features / "live.safetensors") as live:  # a writer that is still at work
         live.write_bytes(b"half")
-        assert train.feature_cache_dir(copy) == features
+        assert feature_cache_dir(copy) == features
         assert live.exists() and kept.exists() and not dead.exists()
 
 

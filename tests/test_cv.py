@@ -15,7 +15,9 @@ from heartbeat.report.cv import cross_validate, fold_splits
 from heartbeat.report.metrics import classification_metrics
 from heartbeat.train.split import leaked_patients, patient_folds
 from heartbeat.train.device import cpu_has_bf16
-from heartbeat.train.run import TrainSettings, class_balance, feature_dataloaders
+from heartbeat.train.recipes.features import feature_dataloaders
+from heartbeat.train.recipes.published import class_balance
+from heartbeat.train.run import TrainSettings
 from test_split import dataset_like
 
 

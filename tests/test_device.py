@@ -93,7 +93,10 @@ def test_features_pass_runs_on_the_device_under_its_autocast(monkeypatch, tmp_pa
     import numpy as np
     from PIL import Image
 
-    from heartbeat.train import run as train
+    from types import SimpleNamespace
+
+    from heartbeat.train.recipes import features
+    from heartbeat.train.settings import TrainSettings
 
     seen = []
 
@@ -107,13 +110,13 @@ def test_features_pass_runs_on_the_device_under_its_autocast(monkeypatch, tmp_pa
     for index in range(3):
         Image.fromarray(np.full((16, 16), index * 40, dtype=np.uint8)).save(tmp_path / "images" / f"w{index}.png")
     images = [f"images/w{index}.png" for index in range(3)]
-    plan = train.Plan(train.TrainSettings(image_size=16), "features", devices.cpu(), torch.bfloat16)
-    features = train.body_features(network, tmp_path, images, plan, "key-bf16", progress=False)
-    assert features.shape == (3, 3) and features.dtype == torch.float32
+    plan = SimpleNamespace(settings=TrainSettings(image_size=16), device=devices.cpu(), autocast=torch.bfloat16)
+    outputs = features.body_features(network, tmp_path, images, plan, "key-bf16", progress=False)
+    assert outputs.shape == (3, 3) and outputs.dtype == torch.float32
     assert seen == [(devices.cpu(), torch.bfloat16, True)]
     seen.clear()
-    plain = train.body_features(network, tmp_path, images, train.Plan(plan.settings, "features", devices.cpu(), None),
-                                "key-fp32", progress=False)
+    plain = features.body_features(network, tmp_path, images, SimpleNamespace(**{**vars(plan), "autocast": None}),
+                                   "key-fp32", progress=False)
     assert seen[0][2] is False  # fp32: no autocast at all
     # ImageNet normalisation of the grey windows, as the exported Classifier does it
     expected = [(index * 40 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]) for index in range(3)]

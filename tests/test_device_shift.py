@@ -1,4 +1,4 @@
-"""scripts/device_shift.py: each simulated device shift changes a recording as its name says (synthetic tones)."""
+"""experiments/device_shift.py: each simulated device shift changes a recording as its name says (synthetic tones)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import device_shift  # noqa: E402
 
 RATE = 4000  # audio.SETTINGS.sample_rate

@@ -16,11 +16,22 @@ import torch
 from heartbeat.data import png
 from heartbeat.train import model
 from heartbeat.train import nets
+from heartbeat.train import training_windows
+from heartbeat.train.contract import Sources, Study, plan_from_windows
 from heartbeat.train.recipes import heartbeat as recipe
+from heartbeat.train.recipes import heartbeat_recipe
+from heartbeat.train.settings import TrainSettings
 
 CLASSES = ["extrastole", "murmur", "normal"]
 # A tiny network, two short epochs, every lever on: what is tested is the plumbing, not what it learns.
-TINY = dataclasses.replace(recipe.RECIPE, levers=frozenset(recipe.LEVERS), channels=(8, 8), epochs=2, batch_size=4)
+TINY = dataclasses.replace(heartbeat_recipe.RECIPE, levers=frozenset(heartbeat_recipe.LEVERS), channels=(8, 8), epochs=2, batch_size=4)
+
+
+def fit(windows: pd.DataFrame, folder, chosen, seed: int):
+    """The recipe's one entry point on windows that carry is_valid, on the CPU."""
+    study = Study(folder, windows, CLASSES, {})
+    settings = TrainSettings(recipe="heartbeat", seed=seed, device="cpu").effective()
+    return recipe.fit(study, plan_from_windows(study, settings, recipe=chosen), Sources(None, None, "none"))
 
 
 def stage_one_image(label: str, seed: int, sounding: int = 512) -> np.ndarray:
@@ -62,25 +73,25 @@ def valid_images(windows: pd.DataFrame, folder) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def spied_fit(windows_dir):
-    """A fit with recipe.augmented wrapped: every window it augmented is recorded."""
+    """A fit with training_windows.augmented wrapped: every window it augmented is recorded."""
     windows, folder = windows_dir
     seen = []
-    original = recipe.augmented
+    original = training_windows.augmented
 
     def spy(pixels, mel, chosen, rng):
         seen.append(pixels.copy())
         return original(pixels, mel, chosen, rng)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(recipe, "augmented", spy)
-        fitted = recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=3, device=torch.device("cpu"))
+        patch.setattr(training_windows, "augmented", spy)
+        fitted = fit(windows, folder, TINY, 3)
     return fitted, seen
 
 
 def test_only_training_windows_are_augmented(windows_dir, spied_fit):
     windows, folder = windows_dir
     fitted, seen = spied_fit
-    bands = {name: recipe.read_band_pixels(folder, [name])[0].tobytes() for name in windows["image"]}
+    bands = {name: training_windows.read_band_pixels(folder, [name])[0].tobytes() for name in windows["image"]}
     train_bands = {bands[name] for name in windows.loc[~windows["is_valid"], "image"]}
     valid_bands = {bands[name] for name in windows.loc[windows["is_valid"], "image"]}
     n_train = int((~windows["is_valid"]).sum())
@@ -127,8 +138,8 @@ def test_a_model_json_naming_no_buildable_network_is_a_model_error(spied_fit, tm
 def test_a_fit_repeats_exactly_per_seed_and_differs_with_another(windows_dir, spied_fit):
     windows, folder = windows_dir
     fitted, _ = spied_fit
-    again = recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=3, device=torch.device("cpu"))
-    other = recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=4, device=torch.device("cpu"))
+    again = fit(windows, folder, TINY, 3)
+    other = fit(windows, folder, TINY, 4)
     assert np.array_equal(again.window_probs, fitted.window_probs)
     assert not np.array_equal(other.window_probs, fitted.window_probs)
 
@@ -139,8 +150,8 @@ def test_mixup_and_label_smoothing_change_training_only(windows_dir, spied_fit, 
     windows, folder = windows_dir
     plain, _ = spied_fit
     mixed_recipe = dataclasses.replace(TINY, mixup_alpha=0.4, label_smoothing=0.1)
-    mixed = recipe.fit_heartbeat(windows, CLASSES, folder, mixed_recipe, seed=3, device=torch.device("cpu"))
-    again = recipe.fit_heartbeat(windows, CLASSES, folder, mixed_recipe, seed=3, device=torch.device("cpu"))
+    mixed = fit(windows, folder, mixed_recipe, 3)
+    again = fit(windows, folder, mixed_recipe, 3)
     assert np.array_equal(again.window_probs, mixed.window_probs)  # still repeatable per seed
     assert not np.array_equal(mixed.window_probs, plain.window_probs)  # the training changed
     assert not np.isclose(mixed.epoch_log["train_loss"], plain.epoch_log["train_loss"]).any()
@@ -172,16 +183,16 @@ def test_band_norm_removes_a_fixed_frequency_response():
 
 
 def test_levers_switch_parts_of_the_recipe_off_by_name():
-    assert recipe.RECIPE.levers == recipe.DEFAULT_LEVERS <= set(recipe.LEVERS)
-    plain = recipe.RECIPE.with_levers([])
-    assert plain.network(3).band_norm is None and recipe.RECIPE.network(3).band_norm is not None
+    assert heartbeat_recipe.RECIPE.levers == heartbeat_recipe.DEFAULT_LEVERS <= set(heartbeat_recipe.LEVERS)
+    plain = heartbeat_recipe.RECIPE.with_levers([])
+    assert plain.network(3).band_norm is None and heartbeat_recipe.RECIPE.network(3).band_norm is not None
     pixels = np.full((128, 512), 100, dtype=np.uint8)
     mel = np.random.default_rng(0).integers(1, 256, (128, 900)).astype(np.uint8)
-    assert np.array_equal(recipe.augmented(pixels, mel, plain, np.random.default_rng(0)), pixels)
-    assert not np.array_equal(recipe.augmented(pixels, mel, recipe.RECIPE.with_levers(["random_windows"]),
+    assert np.array_equal(training_windows.augmented(pixels, mel, plain, np.random.default_rng(0)), pixels)
+    assert not np.array_equal(training_windows.augmented(pixels, mel, heartbeat_recipe.RECIPE.with_levers(["random_windows"]),
                                                np.random.default_rng(0)), pixels)
     with pytest.raises(ValueError, match="unknown lever"):
-        recipe.RECIPE.with_levers(["random_windows", "mixup"])
+        heartbeat_recipe.RECIPE.with_levers(["random_windows", "mixup"])
 
 
 def test_oversampling_draws_each_class_with_weight_count_to_the_minus_three_quarters(windows_dir, monkeypatch):
@@ -205,9 +216,9 @@ def test_oversampling_draws_each_class_with_weight_count_to_the_minus_three_quar
 
     monkeypatch.setattr(recipe, "dataloaders", spy)
     with pytest.raises(Spied):
-        recipe.fit_heartbeat(windows, CLASSES, folder, TINY, seed=3, device=torch.device("cpu"))
+        fit(windows, folder, TINY, 3)
 
     (targets, p), = draws
     expected = np.array([counts[CLASSES[target]] for target in targets], dtype=float) ** -0.75
-    assert TINY.balance_power == recipe.RECIPE.balance_power == 0.75
+    assert TINY.balance_power == heartbeat_recipe.RECIPE.balance_power == 0.75
     np.testing.assert_allclose(p, expected / expected.sum(), rtol=1e-9)

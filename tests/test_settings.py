@@ -107,7 +107,7 @@ def test_levers_flag_takes_known_names_in_one_order(capsys):
 
 
 def test_effective_settings_fill_in_the_recipes_own_values():
-    from heartbeat.train.recipes.heartbeat import LEVERS, RECIPE
+    from heartbeat.train.recipes.heartbeat_recipe import LEVERS, RECIPE
     from heartbeat.train.settings import LEVERS as LEVER_NAMES
 
     assert tuple(LEVERS) == LEVER_NAMES  # the flag's names are the recipe's

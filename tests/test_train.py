@@ -22,7 +22,8 @@ from heartbeat import cli
 from heartbeat.train import model
 from heartbeat.train import split
 from heartbeat.train.device import cpu_has_bf16
-from heartbeat.train.run import TrainError, TrainSettings, read_spectrograms, train
+from heartbeat.train.inputs import read_spectrograms
+from heartbeat.train.run import TrainError, TrainSettings, train
 
 BODY_CHILDREN = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
@@ -34,9 +35,14 @@ def body_key(torchvision_key: str) -> str:
 
 
 def saved_state(run_dir):
-    from safetensors.torch import load_file
+    """The saved network's tensors by state-dict key, read from its ONNX export with onnx itself (the network's
+    one copy; a BatchNorm's num_batches_tracked is not exported)."""
+    import onnx
+    from onnx import numpy_helper
 
-    return load_file(str(run_dir / model.WEIGHTS_FILE))
+    graph = onnx.load(str(run_dir / model.ONNX_FILE)).graph
+    return {tensor.name.removeprefix(model.EXPORTED_PREFIX): torch.from_numpy(numpy_helper.to_array(tensor).copy())
+            for tensor in graph.initializer if tensor.name.startswith(model.EXPORTED_PREFIX)}
 
 
 def git_head() -> str | None:
@@ -44,26 +50,33 @@ def git_head() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
+def network_probabilities(run, spectrograms, recordings) -> np.ndarray:
+    """Each recording's probabilities from the run's saved network in fp32 on stage 1's images, as predict computes them."""
     from PIL import Image
 
     from heartbeat.data import mel
     from heartbeat.report import metrics
+    from heartbeat.train import nets
 
     network, info = model.load_model(run)  # safetensors + JSON: nothing is unpickled
-    classifier = model.Classifier(network).eval()
+    classifier = (nets.Classifier(network) if isinstance(network, nets.HeartNet) else model.Classifier(network)).eval()
     manifest = pd.read_csv(spectrograms / "manifest.csv", keep_default_na=False)
-    predictions = pd.read_csv(run / "predictions.csv")
     recomputed = []
-    for _, row in predictions.iterrows():
+    for recording in recordings:
         images = [mel.model_input(np.asarray(Image.open(spectrograms / name)), info["image_size"])
-                  for name in manifest.loc[manifest["recording"] == row["recording"], "image"]]
+                  for name in manifest.loc[manifest["recording"] == recording, "image"]]
         with torch.no_grad():
             window_probs = classifier(model.images_to_tensor(images)).numpy()
         recomputed.append(metrics.combine_windows(window_probs))
-    saved = predictions[[f"prob_{name}" for name in info["classes"]]].to_numpy(dtype=float)
-    return saved, np.array(recomputed)
+    return np.array(recomputed)
+
+
+def recomputed_probabilities(run, spectrograms) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions.csv's probabilities, the same recomputed in fp32 from the saved weights, as predict does)."""
+    classes = json.loads((run / "model.json").read_text())["classes"]
+    predictions = pd.read_csv(run / "predictions.csv")
+    saved = predictions[[f"prob_{name}" for name in classes]].to_numpy(dtype=float)
+    return saved, network_probabilities(run, spectrograms, predictions["recording"])
 
 
 def is_conv_weight(key: str, value) -> bool:
@@ -77,7 +90,7 @@ def batchnorm_layers(state: dict) -> list[str]:
 
 def test_run_folder_holds_everything(trained_run):
     run = trained_run["run"]
-    for name in ["config.json", "split.csv", "model.safetensors", "model.json", "model.onnx", "lr_find.png", "lr_find.csv", "epochs.csv",
+    for name in ["config.json", "split.csv", "model.onnx.data", "model.json", "model.onnx", "lr_find.png", "lr_find.csv", "epochs.csv",
                  "predictions.csv", "metrics.json", "confusion_matrix.png", "confusion_matrix.json", "report.md",
                  "training_curves.png"]:
         assert (run / name).is_file(), name
@@ -131,7 +144,7 @@ def test_load_model_rebuilds_the_saved_network(trained_run):
     assert last_linear.out_features == len(classes) == network(torch.zeros(2, 3, 32, 32)).shape[1]
     # ... holding exactly the saved weights
     saved = saved_state(run)
-    assert state.keys() == saved.keys()
+    assert {key for key in state if not key.endswith(".num_batches_tracked")} == saved.keys()
     assert all(torch.equal(state[key], saved[key]) for key in saved)
 
 
@@ -140,9 +153,7 @@ def test_saved_weights_reload_without_pickle_and_reproduce_the_predictions(train
     saved, recomputed = recomputed_probabilities(run, spectrograms)
     np.testing.assert_allclose(recomputed, saved, atol=1e-5)
     # torch's own safe loader reads the same tensors
-    from safetensors.torch import load_file
-
-    state = load_file(str(run / model.WEIGHTS_FILE))
+    state = saved_state(run)
     torch.save(state, run.parent / "state.pt")
     reloaded = torch.load(run.parent / "state.pt", weights_only=True)
     assert all(torch.equal(reloaded[key], state[key]) for key in state)
@@ -181,7 +192,7 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
 
     for name in [name for name in vars(augment) if not name.startswith("_") and callable(getattr(augment, name))]:
         monkeypatch.setattr(augment, name, refuse)  # no augmentation anywhere in a published run
-    monkeypatch.setattr(recipe, "fit_heartbeat", refuse)
+    monkeypatch.setattr(recipe, "fit", refuse)
     settings = TrainSettings(weights=str(standin_weights), image_size=32, epochs=1, batch_size=8)
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     loaded = torch.load(standin_weights, weights_only=True)
@@ -198,22 +209,22 @@ def test_pretrained_features_mode_keeps_the_body_frozen(trained_run, standin_wei
 
 def test_published_finetune_with_augmentation_levers_augments_training_images_only(trained_run, standin_weights,
                                                                                      tmp_path, monkeypatch):
-    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train import training_windows
 
     seen = []
-    original = recipe.augmented
+    original = training_windows.augmented
 
     def spy(pixels, mel, chosen, rng):
         seen.append((pixels.tobytes(), tuple(sorted(chosen.levers))))
         return original(pixels, mel, chosen, rng)
 
-    monkeypatch.setattr(recipe, "augmented", spy)
+    monkeypatch.setattr(training_windows, "augmented", spy)
     settings = TrainSettings(weights=str(standin_weights), mode="finetune", image_size=32, epochs=1, batch_size=4,
                              lr=1e-3, levers="random_windows,specaugment")
     run = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False).run_dir
     split_table = pd.read_csv(run / "split.csv")
     windows = read_spectrograms(trained_run["spectrograms"]).merge(split_table[["recording", "split"]], on="recording")
-    bands = {image: recipe.read_band_pixels(trained_run["spectrograms"], [image])[0].tobytes()
+    bands = {image: training_windows.read_band_pixels(trained_run["spectrograms"], [image])[0].tobytes()
              for image in windows["image"]}
     train_bands = {bands[image] for image in windows.loc[windows["split"] == "train", "image"]}
     valid_bands = {bands[image] for image in windows.loc[windows["split"] == "valid", "image"]}
@@ -247,7 +258,7 @@ def test_published_band_norm_run_is_predicted_as_its_report(trained_run, standin
 def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
     from heartbeat import predict
     from heartbeat.train import nets
-    from heartbeat.train.recipes.heartbeat import RECIPE
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
     settings = TrainSettings(recipe="heartbeat", epochs=1, batch_size=8, seed=1)
     result = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
@@ -264,6 +275,40 @@ def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
         assert answer.windows == row.windows
         expected = [getattr(row, f"prob_{name}") for name in result.classes]
         np.testing.assert_allclose([answer.probabilities[name] for name in result.classes], expected, atol=1e-4)
+
+
+def test_valid_fraction_zero_trains_the_heartbeat_recipe_on_every_recording(trained_run, tmp_path, capsys):
+    spectrograms, run = trained_run["spectrograms"], tmp_path / "final"
+    code = cli.main(["train", "--spectrograms", str(spectrograms), "--out", str(run), "--recipe", "heartbeat",
+                     "--valid-fraction", "0", "--epochs", "1", "--bs", "8", "--seed", "1", "--quiet"])
+    assert code == 0 and "no validation figures" in capsys.readouterr().out
+    for name in ["model.onnx", "model.json", "config.json", "split.csv", "epochs.csv", "report.md"]:
+        assert (run / name).is_file(), name
+    assert not (run / "predictions.csv").exists() and not (run / "metrics.json").exists()
+    split_table = pd.read_csv(run / "split.csv")
+    labelled = set(read_spectrograms(spectrograms)["recording"])
+    assert sorted(split_table["recording"]) == sorted(labelled) and set(split_table["split"]) == {"train"}
+    assert list(pd.read_csv(run / "epochs.csv").columns) == ["epoch", "train_loss"]  # no validation pass
+    assert json.loads((run / "config.json").read_text())["n_windows"]["valid"] == 0
+    assert (f"Trained on all {len(labelled)} recordings: no validation side; its figures come from the CV"
+            in (run / "report.md").read_text())
+    # predict reads the final model as any other: its answers are the saved network's
+    recordings = sorted(labelled)[:4]
+    assert cli.main(["predict", "--json", "--model", str(run),
+                     *[str(trained_run["data"] / "set_b" / name) for name in recordings]]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    classes = json.loads((run / "model.json").read_text())["classes"]
+    predicted = np.array([[answer["probabilities"][name] for name in classes] for answer in answers])
+    np.testing.assert_allclose(predicted, network_probabilities(run, spectrograms, recordings), atol=1e-4)
+
+
+def test_valid_fraction_zero_is_refused_for_the_published_recipe(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--spectrograms", str(trained_run["spectrograms"]), "--out", str(out), "--no-pretrained",
+                     "--valid-fraction", "0", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--valid-fraction 0" in err and "--recipe heartbeat" in err
+    assert not out.exists()
 
 
 def test_no_pretrained_trains_the_whole_body(trained_run):
@@ -490,7 +535,7 @@ def test_lr_find_without_a_curve_gives_no_suggestion():
     # fastai's valley() fails on an empty curve (the loss diverged within the finder's first steps)
     from types import SimpleNamespace
 
-    from heartbeat.train.run import find_lr
+    from heartbeat.train.loop import find_lr
 
     def diverged(show_plot):
         raise IndexError("index 0 is out of bounds for dimension 0 with size 0")

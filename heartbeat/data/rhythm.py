@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from heartbeat.data import audio
+from heartbeat.data import mel
 from heartbeat.data import beats
 from heartbeat.data.audio import SETTINGS
 
@@ -207,7 +207,7 @@ def band_features(signal: np.ndarray, sample_rate: int = SETTINGS.sample_rate) -
     rhythm = beats.segment(signal, sample_rate)
     if not rhythm.reliable or sample_rate != SETTINGS.sample_rate:
         return neutral
-    power = audio.mel_power(np.asarray(signal, dtype=np.float32).ravel())  # (n_mels, frames) at the 10 ms hop
+    power = mel.mel_power(np.asarray(signal, dtype=np.float32).ravel())  # (n_mels, frames) at the 10 ms hop
     frames_per_state = SETTINGS.sample_rate / SETTINGS.hop_length / beats.FRAME_RATE  # 2 mel frames per state frame
     state_of_frame = (np.arange(power.shape[1]) / frames_per_state).astype(int)
     inside = state_of_frame < rhythm.states.size

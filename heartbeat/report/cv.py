@@ -37,8 +37,10 @@ from heartbeat.report.run_report import heart_problem_sentence, recording_groups
 from heartbeat.train.runfolder import prepare_output_folder
 from heartbeat.data.manifest import MANIFEST_NAME
 from heartbeat.text import spreadsheet_frame
-from heartbeat.train.run import (TrainError, TrainSettings, feature_cache_dir, read_dataset, read_spectrograms, train,
-                             uses_feature_cache)
+from heartbeat.train.inputs import read_dataset, read_spectrograms
+from heartbeat.train.recipes.features import feature_cache_dir, uses_feature_cache
+from heartbeat.train.run import train
+from heartbeat.train.settings import TrainError, TrainSettings
 
 SUMMARY_FIGURES = {  # summary key -> how to read it from a metrics dict
     "error_rate": lambda m: m["error_rate"],

@@ -17,6 +17,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
+from heartbeat.train.recipes import heartbeat_recipe  # standard library only
+
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which fastai's set_seed calls, takes 0 .. 2**32-1
 MAX_IMAGE_SIZE = 2048  # 4x the published 512 px; one batch of ResNet-34 activations beyond it outgrows a workstation
 NOT_APPLICABLE = "n/a"  # a resolved setting that the run's mode does not use
@@ -24,9 +26,9 @@ STAGE1_IMAGE_SIZE = 512  # audio.SETTINGS.image_size, the spectrograms' size (no
 RECIPES = ("published", "heartbeat")
 PUBLISHED_EPOCHS = 5  # the published recipe's one-cycle epochs
 PUBLISHED_BATCH_SIZE = 4  # and its batch size
-# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat.train.recipes.heartbeat.LEVERS says what each
-# does; a test checks the two lists agree); the recipe's own choice is recipe.DEFAULT_LEVERS.
-LEVERS = ("band_norm", "oversample", "random_windows", "specaugment", "device_colour")
+# The heartbeat recipe's parts that --levers switches on one at a time (heartbeat_recipe.LEVERS says what each
+# does); the recipe's own choice is heartbeat_recipe.DEFAULT_LEVERS.
+LEVERS = tuple(heartbeat_recipe.LEVERS)
 # The levers that augment training windows: they also apply to the published recipe wherever it trains on images
 # (--mode finetune, --no-pretrained); oversample is --balance's there.
 IMAGE_LEVERS = ("random_windows", "specaugment", "device_colour")
@@ -92,8 +94,8 @@ def learning_rate(text: str) -> float:
 
 def fraction(text: str) -> float:
     value = finite_float(text)
-    if not 0 < value < 1:  # both sides of the split need recordings
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (both excluded), got {text}")
+    if not 0 <= value < 1:  # 0: no validation side (a final model); the training side always needs recordings
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 
 
@@ -157,7 +159,8 @@ class TrainSettings:
     split: str = setting("patient", "--split", "patient: grouped by patient, no patient on both sides (default); random: "
                          "the published 70:30 by recording, patients leak", choices=("patient", "random"))
     valid_fraction: float = setting(0.3, "--valid-fraction", "share of recordings for validation (default: %(default)s, "
-                                    "as published)", type=fraction)
+                                    "as published); 0 trains the heartbeat recipe on every recording (a final model: "
+                                    "its figures come from the CV)", type=fraction)
     seed: int = setting(42, "--seed", f"split, head initialisation and batch order, 0 to {MAX_SEED} (default: %(default)s)",
                         type=seed_number)
     # "published": the study's ResNet-34 recipe; "heartbeat": heartbeat.train.recipes.heartbeat's small CNN (README "Model quality")
@@ -169,7 +172,7 @@ class TrainSettings:
                           f"the published recipe, which takes band_norm, and the augmentations "
                           f"({', '.join(IMAGE_LEVERS)}) with --mode finetune or --no-pretrained (README 'Model "
                           "quality')", type=lever_list, metavar="LIST")
-    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat.train.recipes.heartbeat.RECIPE's)
+    # None: the recipe's own (published: 5 epochs, batch size 4; heartbeat: heartbeat_recipe.RECIPE's)
     epochs: int | None = setting(None, "--epochs", f"one-cycle epochs (default: the recipe's; {PUBLISHED_EPOCHS} in the "
                                  "published one, as published)", type=positive_int)
     batch_size: int | None = setting(None, "--bs", f"batch size (default: the recipe's; {PUBLISHED_BATCH_SIZE} in the "
@@ -209,8 +212,8 @@ class TrainSettings:
             if allowed and getattr(self, field.name) not in allowed:
                 raise ValueError(f"{field.metadata['flag']} must be one of {', '.join(allowed)}, "
                                  f"not {getattr(self, field.name)!r}")
-        if not 0 < self.valid_fraction < 1:  # also refuses NaN
-            raise ValueError(f"--valid-fraction must be between 0 and 1 (both excluded), not {self.valid_fraction}")
+        if not 0 <= self.valid_fraction < 1:  # also refuses NaN
+            raise ValueError(f"--valid-fraction must be at least 0 and below 1, not {self.valid_fraction}")
         whole_numbers = {"--seed": (self.seed, 0, MAX_SEED), "--epochs": (self.epochs, 1, None),
                          "--bs": (self.batch_size, 1, None), "--image-size": (self.image_size, 1, MAX_IMAGE_SIZE),
                          "--unfreeze-epochs": (self.unfreeze_epochs, 0, None)}
@@ -241,6 +244,9 @@ class TrainSettings:
             self._check_heartbeat_recipe()
         else:
             self._check_published_levers()
+        if self.valid_fraction == 0 and self.recipe != "heartbeat":
+            raise ValueError("--valid-fraction 0 (every recording trains) needs --recipe heartbeat: the published recipe "
+                             "chooses its rate and reports its scores on a validation side; give a fraction above 0")
         if not self.pretrained and self.mode == "finetune":
             raise ValueError("--mode finetune does nothing with --no-pretrained (there is no pretrained body to "
                              "fine-tune; the whole network trains from scratch): drop one of them")
@@ -295,12 +301,11 @@ class TrainSettings:
         if self.recipe == "published":
             return dataclasses.replace(self, epochs=self.epochs or PUBLISHED_EPOCHS,
                                        batch_size=self.batch_size or PUBLISHED_BATCH_SIZE)
-        from heartbeat.train.recipes.heartbeat import RECIPE  # torch: only once a run starts
-
-        chosen = ",".join(name for name in LEVERS if name in RECIPE.levers)
+        recipe = heartbeat_recipe.RECIPE
+        chosen = ",".join(name for name in LEVERS if name in recipe.levers)
         levers = chosen if self.levers == DEFAULT_LEVERS else self.levers
-        return dataclasses.replace(self, pretrained=False, epochs=self.epochs or RECIPE.epochs,
-                                   batch_size=self.batch_size or RECIPE.batch_size, lr=self.lr or RECIPE.lr,
+        return dataclasses.replace(self, pretrained=False, epochs=self.epochs or recipe.epochs,
+                                   batch_size=self.batch_size or recipe.batch_size, lr=self.lr or recipe.lr,
                                    levers=levers)
 
 

@@ -1,6 +1,6 @@
 """How do CV fold models fare on recordings coloured as another stethoscope might colour them (simulated)?
 
-    python scripts/device_shift.py --data DATA_DIR "name=CV_DIR" ["name=CV_DIR" ...] [--out table.csv]
+    python experiments/device_shift.py --data DATA_DIR "name=CV_DIR" ["name=CV_DIR" ...] [--out table.csv]
 
 For every `heartbeat cv` folder given, each fold's model (runs/<seed-fold>/model.onnx, run by
 predict's own code: mel.iter_recording_images, Predictor.window_probabilities, the mean of the

@@ -1,8 +1,8 @@
 """Selection (SEEDS 1 AND 2 ONLY): do ensembles or an out-of-fold class bias improve the `heartbeat` recipe?
 
 For each run of the 5-fold patient-grouped CV (seed 1 or 2), on the same outer folds as
-`heartbeat cv` and scripts/recipe_search.py:
-- full:    the recipe (heartbeat.train.recipes.heartbeat.RECIPE) trained on all training folds, seed s;
+`heartbeat cv` and experiments/recipe_search.py:
+- full:    the recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) trained on all training folds, seed s;
 - seedens: full and two more models of seeds s+100, s+200; window probabilities averaged;
 - inner:   3 models, each trained on 2 of 3 patient-grouped inner folds of the training folds
            (a "fold ensemble"); probabilities averaged;
@@ -13,8 +13,8 @@ choose a class bias (probabilities x exp(bias), normal's bias 0, a grid of -2..2
 heart-problem Youden ("mix"). Every variant is scored on the outer fold without a bias and with
 each chosen bias. Seeds 3-5 are the README's final table and are refused here.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/ensemble_search.py SPECTROGRAMS_DIR SEED OUT.csv
-    .venv/bin/python scripts/ensemble_search.py --summary OUT.csv [OUT2.csv ...]
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/ensemble_search.py SPECTROGRAMS_DIR SEED OUT.csv
+    .venv/bin/python experiments/ensemble_search.py --summary OUT.csv [OUT2.csv ...]
 
 One seed per process (two processes on two cores); each takes ~14 min on one thread.
 """
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from recipe_search import run_figures
+from recipe_search import fit_windows, run_figures
 
 SELECTION_SEEDS = (1, 2)
 FOLDS = 5
@@ -60,20 +60,47 @@ def choose_bias(labels, probabilities, classes, objective: str) -> np.ndarray:
     return best
 
 
+def scored_variants(variants: dict, oof_labels, oof_probabilities, per_recording, classes, *, seed: int,
+                    fold: int) -> list[dict]:
+    """One row per variant and bias (none, and those chosen on the inner models' out-of-fold predictions)."""
+    biases = {"none": None, **{objective: choose_bias(oof_labels, oof_probabilities, classes, objective)
+                               for objective in ("bacc", "mix")}}
+    rows = []
+    for variant, probabilities in variants.items():
+        labels, recording_probabilities = per_recording(probabilities)
+        for bias_name, bias in biases.items():
+            rows.append({"variant": f"{variant}+{bias_name}", "seed": seed, "fold": fold,
+                         **scored(labels, recording_probabilities, classes, bias),
+                         "bias": "" if bias is None else " ".join(f"{v:+.2f}" for v in bias)})
+    return rows
+
+
+def inner_models(windows, is_valid, training, seed: int, trained):
+    """Yield (held-out window mask, network) for each of the INNER_FOLDS patient-grouped inner folds of the training side."""
+    from heartbeat.train import split
+
+    inner_fold = split.patient_folds(training, INNER_FOLDS, seed).to_numpy()
+    for k in range(INNER_FOLDS):
+        held_out = windows["recording"].isin(training.loc[inner_fold == k, "recording"]).to_numpy()
+        frame = windows[~is_valid].assign(is_valid=held_out[~is_valid]).reset_index(drop=True)
+        yield held_out, trained(frame, seed + 10 * k)
+
+
 def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
     import torch
 
     from heartbeat.report import cv
-    from heartbeat.train.recipes import heartbeat as recipe
     from heartbeat.train import split
     from heartbeat.train import run as train
-    from heartbeat.train.device import cpu
+    from heartbeat.train import training_windows
+    from heartbeat.train.inputs import read_spectrograms
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
     torch.set_num_threads(1)
-    windows = train.read_spectrograms(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir)
     recordings = split.recordings_table(windows)
     classes = sorted(set(windows["label"]))
-    pixels = recipe.read_band_pixels(spectrograms_dir, windows["image"])
+    pixels = training_windows.read_band_pixels(spectrograms_dir, windows["image"])
 
     def window_probabilities(network, rows):
         batch = torch.from_numpy(np.stack([pixels[i] for i in rows]).astype(np.float32) / 255.0)[:, None]
@@ -85,8 +112,7 @@ def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
         return table["label"].to_numpy(), table[[f"prob_{name}" for name in classes]].to_numpy()
 
     def trained(frame, member_seed):
-        return recipe.fit_heartbeat(frame, classes, spectrograms_dir, recipe.RECIPE, seed=member_seed,
-                                    device=cpu()).network
+        return fit_windows(frame, classes, spectrograms_dir, RECIPE, member_seed).network
 
     rows_out = []
     for _, fold, table in cv.fold_splits(recordings, "patient", FOLDS, [seed], 0.3):
@@ -96,28 +122,18 @@ def run_seed(spectrograms_dir: str, seed: int, out_csv: str) -> None:
         full = [window_probabilities(trained(windows.assign(is_valid=is_valid), seed + 100 * k), valid_rows)
                 for k in range(MEMBERS)]
         training = table[table["split"] == "train"].reset_index(drop=True)
-        inner_fold = split.patient_folds(training, INNER_FOLDS, seed).to_numpy()
         oof_labels, oof_probabilities, inner = [], [], []
-        for k in range(INNER_FOLDS):
-            held_out = windows["recording"].isin(training.loc[inner_fold == k, "recording"]).to_numpy()
-            frame = windows[~is_valid].assign(is_valid=held_out[~is_valid]).reset_index(drop=True)
-            network = trained(frame, seed + 10 * k)
+        for held_out, network in inner_models(windows, is_valid, training, seed, trained):
             labels, probabilities = per_recording(np.flatnonzero(held_out),
                                                   window_probabilities(network, np.flatnonzero(held_out)))
             oof_labels.append(labels)
             oof_probabilities.append(probabilities)
             inner.append(window_probabilities(network, valid_rows))
-        oof_labels, oof_probabilities = np.concatenate(oof_labels), np.concatenate(oof_probabilities)
-        biases = {"none": None, **{objective: choose_bias(oof_labels, oof_probabilities, classes, objective)
-                                   for objective in ("bacc", "mix")}}
         variants = {"full": full[0], "seedens": np.mean(full, axis=0), "inner": np.mean(inner, axis=0),
                     "inner1": inner[0]}
-        for variant, probabilities in variants.items():
-            labels, recording_probabilities = per_recording(valid_rows, probabilities)
-            for bias_name, bias in biases.items():
-                rows_out.append({"variant": f"{variant}+{bias_name}", "seed": seed, "fold": fold,
-                                 **scored(labels, recording_probabilities, classes, bias),
-                                 "bias": "" if bias is None else " ".join(f"{v:+.2f}" for v in bias)})
+        rows_out += scored_variants(variants, np.concatenate(oof_labels), np.concatenate(oof_probabilities),
+                                    lambda probabilities: per_recording(valid_rows, probabilities), classes,
+                                    seed=seed, fold=fold)
         pd.DataFrame(rows_out).to_csv(out_csv, index=False)
         print(f"seed {seed} fold {fold}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
 

@@ -2,13 +2,13 @@
 
 For each run of the 5-fold patient-grouped CV (seeds 1-2, the folds of `heartbeat cv`):
 1. the training folds' patients are split 80:20 (split.patient_split, the run's seed);
-2. the recipe (heartbeat.train.recipes.heartbeat.RECIPE) trains for MAX_EPOCHS on the 80%, and after every epoch
+2. the recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) trains for MAX_EPOCHS on the 80%, and after every epoch
    its recordings' balanced accuracy on the 20% is measured (never the outer validation fold);
 3. the best epoch count (ties: the fewest) is trained afresh on all training folds (a one-cycle
    schedule of that length) and scored on the outer fold.
-The fixed recipe (RECIPE.epochs) on the same folds is scripts/recipe_search.py's "chosen".
+The fixed recipe (RECIPE.epochs) on the same folds is experiments/recipe_search.py's "chosen".
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/inner_epochs_search.py SPECTROGRAMS_DIR OUT.csv
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/inner_epochs_search.py SPECTROGRAMS_DIR OUT.csv
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from recipe_search import run_figures
+from recipe_search import fit_windows, run_figures
 
 SELECTION_SEEDS = (1, 2)
 FOLDS = 5
@@ -63,13 +63,13 @@ def main(argv) -> int:
     import torch
 
     from heartbeat.report import cv
-    from heartbeat.train.recipes import heartbeat as recipe
     from heartbeat.train import split
     from heartbeat.train import run as train
-    from heartbeat.train.device import cpu
+    from heartbeat.train.inputs import read_spectrograms
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
     torch.set_num_threads(1)
-    windows = train.read_spectrograms(spectrograms_dir)
+    windows = read_spectrograms(spectrograms_dir)
     recordings = split.recordings_table(windows)
     classes = sorted(set(windows["label"]))
     rows = []
@@ -81,12 +81,11 @@ def main(argv) -> int:
         held_out = windows["recording"].isin(inner.loc[inner["split"] == "valid", "recording"]).to_numpy()
         inner_frame = windows[~outer_valid].assign(is_valid=held_out[~outer_valid]).reset_index(drop=True)
         watcher = epoch_watcher(inner_frame[inner_frame["is_valid"]].reset_index(drop=True), classes)
-        recipe.fit_heartbeat(inner_frame, classes, spectrograms_dir,
-                             dataclasses.replace(recipe.RECIPE, epochs=MAX_EPOCHS), seed=seed, device=cpu(),
-                             callbacks=[watcher])
+        fit_windows(inner_frame, classes, spectrograms_dir, dataclasses.replace(RECIPE, epochs=MAX_EPOCHS), seed,
+                    callbacks=[watcher])
         best_epochs = 1 + int(np.argmax(watcher.scores))  # argmax takes the first (fewest epochs) of ties
-        final = recipe.fit_heartbeat(windows.assign(is_valid=outer_valid), classes, spectrograms_dir,
-                                     dataclasses.replace(recipe.RECIPE, epochs=best_epochs), seed=seed, device=cpu())
+        final = fit_windows(windows.assign(is_valid=outer_valid), classes, spectrograms_dir,
+                            dataclasses.replace(RECIPE, epochs=best_epochs), seed)
         valid = windows[outer_valid].reset_index(drop=True)
         predictions = train.recording_predictions(valid, final.window_probs, classes)
         figures = run_figures(predictions["label"], predictions["predicted"], classes)

@@ -1,6 +1,6 @@
 """Print the README's ablation table from finished `heartbeat cv` folders.
 
-    python scripts/ablation_table.py "published (64 px)=data/ablation/published" "heartbeat, no levers=..." ...
+    python experiments/ablation_table.py "published (64 px)=data/ablation/published" "heartbeat, no levers=..." ...
 
 Each argument is `row name=CV folder`. A row's figures are the mean ± standard deviation over
 the folder's runs (folds x seeds) of balanced accuracy, macro-F1, heart-problem Youden and each

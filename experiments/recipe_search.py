@@ -1,13 +1,13 @@
 """Select the `heartbeat` recipe: 5-fold patient-grouped CV of recipe variants on SEEDS 1 AND 2 ONLY.
 
 Seeds 3-5 are the README's final table: choosing anything on them would be peeking, so this
-script refuses them. Each configuration is the recipe (heartbeat.train.recipes.heartbeat.RECIPE) with a few
+script refuses them. Each configuration is the recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) with a few
 fields changed; each runs 10 fold trainings (5 folds x seeds 1, 2) and prints one row: mean
 +- std over the 10 runs of balanced accuracy, macro-F1, heart-problem Youden, recall per class,
 and the seconds per fold (training and validation; noisy on a shared machine).
 
-    .venv/bin/python scripts/recipe_search.py SPECTROGRAMS_DIR CONFIG [CONFIG ...] [--out results.csv]
-    .venv/bin/python scripts/recipe_search.py --list
+    .venv/bin/python experiments/recipe_search.py SPECTROGRAMS_DIR CONFIG [CONFIG ...] [--out results.csv]
+    .venv/bin/python experiments/recipe_search.py --list
 
 SPECTROGRAMS_DIR is `heartbeat spectrograms`' output for Dataset B.
 """
@@ -27,7 +27,7 @@ FOLDS = 5
 THREADS = 1
 ALL = ("random_windows", "specaugment", "device_colour", "band_norm", "oversample")
 # The search started from this recipe (every lever on, classes fully balanced); each configuration
-# below changes a few of its fields. The chosen recipe (heartbeat.train.recipes.heartbeat.RECIPE) is "chosen".
+# below changes a few of its fields. The chosen recipe (heartbeat.train.recipes.heartbeat_recipe.RECIPE) is "chosen".
 FIRST = {"levers": frozenset(ALL), "balance_power": 1.0, "epochs": 12, "lr": 3e-3, "kind": "cnn1d",
          "channels": (64, 128, 128, 256), "input_pool": (1, 2)}
 
@@ -37,7 +37,7 @@ def without(*names):
 
 
 CHOSEN = {"levers": without("device_colour"), "balance_power": 0.75}
-# name -> fields of heartbeat.train.recipes.heartbeat.Recipe that differ from FIRST, in the order they were measured
+# name -> fields of heartbeat.train.recipes.heartbeat_recipe.Recipe that differ from FIRST, in the order they were measured
 CONFIGS = {
     "first": {},
     "first-all_levers+oversample": {"levers": frozenset({"oversample"})},
@@ -64,7 +64,7 @@ CONFIGS = {
 
 def run_figures(labels, predicted, classes: list[str]) -> dict:
     """The selection's figures of one run (recording labels and predictions): balanced accuracy, macro-F1,
-    heart-problem Youden and each class's recall; scripts/ensemble_search.py and inner_epochs_search.py use it too."""
+    heart-problem Youden and each class's recall; experiments/ensemble_search.py and inner_epochs_search.py use it too."""
     from heartbeat.report import metrics
 
     figures = metrics.classification_metrics(list(labels), list(predicted), classes, majority_class="normal")
@@ -73,22 +73,34 @@ def run_figures(labels, predicted, classes: list[str]) -> dict:
             **{f"recall_{c}": figures["per_class"][c]["recall"] for c in classes}}
 
 
-def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, device, fields: dict):
+def fit_windows(windows, classes, spectrograms_dir, chosen, seed: int, callbacks=()):
+    """The heartbeat recipe's fit(study, plan, sources) on windows that carry is_valid, on the CPU."""
+    from heartbeat.train.contract import Sources, Study, plan_from_windows
+    from heartbeat.train.recipes import heartbeat as recipe
+    from heartbeat.train.settings import TrainSettings
+
+    study = Study(Path(spectrograms_dir), windows, classes, {})
+    settings = TrainSettings(recipe="heartbeat", seed=seed, device="cpu").effective()
+    plan = plan_from_windows(study, settings, recipe=chosen, callbacks=callbacks)
+    return recipe.fit(study, plan, Sources(None, None, "none"))
+
+
+def run_config(name: str, windows, recordings, classes, spectrograms_dir: Path, fields: dict):
     """The 10 fold runs of one configuration: a list of per-run figure dicts."""
     import torch
 
     from heartbeat.report import cv
-    from heartbeat.train.recipes import heartbeat as recipe
     from heartbeat.train import run as train
+    from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
-    chosen = dataclasses.replace(recipe.RECIPE, **{**FIRST, **fields})
+    chosen = dataclasses.replace(RECIPE, **{**FIRST, **fields})
     rows = []
     for seed, fold, split_table in cv.fold_splits(recordings, "patient", FOLDS, list(SELECTION_SEEDS), 0.3):
         assert seed in SELECTION_SEEDS
         fold_windows = windows.merge(split_table[["recording", "split"]], on="recording")
         fold_windows["is_valid"] = fold_windows["split"] == "valid"
         started = time.time()
-        fitted = recipe.fit_heartbeat(fold_windows, classes, spectrograms_dir, chosen, seed=seed, device=device)
+        fitted = fit_windows(fold_windows, classes, spectrograms_dir, chosen, seed)
         seconds = time.time() - started
         valid = fold_windows[fold_windows["is_valid"]].reset_index(drop=True)
         predictions = train.recording_predictions(valid, fitted.window_probs, classes)
@@ -132,18 +144,17 @@ def main() -> int:
     import torch
 
     from heartbeat.train import split
-    from heartbeat.train import run as train
+    from heartbeat.train.inputs import read_spectrograms
     from heartbeat.data.dataset import CLASSES
-    from heartbeat.train.device import cpu
 
     torch.set_num_threads(THREADS)
-    windows = train.read_spectrograms(args.spectrograms)
+    windows = read_spectrograms(args.spectrograms)
     recordings = split.recordings_table(windows)
     classes = [name for name in CLASSES if name in set(windows["label"])]
     print("| configuration | balanced accuracy | macro-F1 | Youden | recall extrastole | recall murmur | recall normal "
           "| s/fold |\n|---|---|---|---|---|---|---|---|")
     for name in args.configs or list(CONFIGS):
-        runs = run_config(name, windows, recordings, classes, args.spectrograms, cpu(), CONFIGS[name])
+        runs = run_config(name, windows, recordings, classes, args.spectrograms, CONFIGS[name])
         print(table_row(name, runs), flush=True)
         if args.out:
             frame = pd.DataFrame(runs)
