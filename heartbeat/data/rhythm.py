@@ -25,6 +25,8 @@ import numpy as np
 from heartbeat.data import mel
 from heartbeat.data import beats
 from heartbeat.data.audio import SETTINGS
+from heartbeat.data.envelope import FRAME_RATE, _autocorrelation, _local_maxima, heart_cycle
+from heartbeat.data.hsmm import DIASTOLE, SYSTOLE
 
 # A sound peak: a local maximum of the envelope standing this share of the loud-quiet range above
 # the lower of its two neighbouring minima (S2 is often half S1's loudness; smaller bumps are noise).
@@ -119,10 +121,10 @@ def _acf_features(envelope: np.ndarray, rhythm: beats.Rhythm) -> dict[str, float
     if envelope.size == 0:
         return {}
     features = {"acf_periodicity": rhythm.periodicity}
-    cycle, _ = beats.heart_cycle(envelope) if rhythm.heart_rate_bpm is None else (
-        beats.FRAME_RATE * 60.0 / rhythm.heart_rate_bpm, None)
+    cycle, _ = heart_cycle(envelope) if rhythm.heart_rate_bpm is None else (
+        FRAME_RATE * 60.0 / rhythm.heart_rate_bpm, None)
     if cycle is not None and 2 * cycle < envelope.size - 1:
-        autocorrelation = beats._autocorrelation(envelope)
+        autocorrelation = _autocorrelation(envelope)
         features["acf_two_cycles"] = float(np.interp(2 * cycle, np.arange(envelope.size), autocorrelation))
     return features
 
@@ -131,9 +133,9 @@ def sound_peaks(envelope: np.ndarray, loudness_range: float) -> np.ndarray:
     """Frame indices of the envelope's sound peaks (S1 and S2 alike): prominent local maxima, PEAK_MIN_SECONDS apart."""
     if envelope.size < 3 or loudness_range <= 0:
         return np.zeros(0, dtype=int)
-    candidates = beats._local_maxima(envelope, 1, envelope.size - 2)
+    candidates = _local_maxima(envelope, 1, envelope.size - 2)
     kept: list[int] = []
-    minimum_gap = PEAK_MIN_SECONDS * beats.FRAME_RATE
+    minimum_gap = PEAK_MIN_SECONDS * FRAME_RATE
     for index in candidates[np.argsort(-envelope[candidates], kind="stable")]:  # loudest first
         if all(abs(index - other) >= minimum_gap for other in kept) and \
                 _prominence(envelope, index) >= PEAK_PROMINENCE * loudness_range:
@@ -183,7 +185,7 @@ def _extra_sounds(rhythm: beats.Rhythm, peaks: np.ndarray) -> dict[str, float]:
     """
     if not rhythm.reliable or peaks.size == 0:
         return {}
-    times = (peaks + 0.5) / beats.FRAME_RATE  # frame centres, as beats' S1 and S2 times
+    times = (peaks + 0.5) / FRAME_RATE  # frame centres, as beats' S1 and S2 times
     decoded = np.concatenate([rhythm.s1_times, rhythm.s2_times])
     inside = times[(times > rhythm.s1_times.min() - EXPLAINED_SECONDS) & (times < rhythm.s1_times.max() + EXPLAINED_SECONDS)]
     if inside.size == 0:
@@ -208,12 +210,12 @@ def band_features(signal: np.ndarray, sample_rate: int = SETTINGS.sample_rate) -
     if not rhythm.reliable or sample_rate != SETTINGS.sample_rate:
         return neutral
     power = mel.mel_power(np.asarray(signal, dtype=np.float32).ravel())  # (n_mels, frames) at the 10 ms hop
-    frames_per_state = SETTINGS.sample_rate / SETTINGS.hop_length / beats.FRAME_RATE  # 2 mel frames per state frame
+    frames_per_state = SETTINGS.sample_rate / SETTINGS.hop_length / FRAME_RATE  # 2 mel frames per state frame
     state_of_frame = (np.arange(power.shape[1]) / frames_per_state).astype(int)
     inside = state_of_frame < rhythm.states.size
     states = np.full(power.shape[1], 255, dtype=np.uint8)
     states[inside] = rhythm.states[state_of_frame[inside]]
-    systole, diastole = states == beats.SYSTOLE, states == beats.DIASTOLE
+    systole, diastole = states == SYSTOLE, states == DIASTOLE
     if not systole.any() or not diastole.any():
         return neutral
     groups = np.array_split(np.arange(power.shape[0]), BAND_GROUPS)
