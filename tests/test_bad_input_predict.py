@@ -246,16 +246,12 @@ def test_a_ten_minute_recording_is_predicted_in_bounded_memory(model, one_file_r
 # ---------------------------------------------------------------- model folders
 
 def _copy_of(run: Path, folder: Path) -> Path:
-    """A model folder like `run`: the small files copied (to edit), the weights hard-linked (never
-    written to: a case that changes them replaces the link). Not a symbolic link: onnxruntime
-    refuses weights that resolve to outside the model's folder."""
+    """A model folder like `run`, copied (to edit). Not a hard link to the weights: onnx refuses to read external
+    data with several links (a guard against hard-link attacks), so a link here would break every later test that
+    loads `run` through load_model. Not a symbolic link: onnxruntime refuses weights outside the model's folder."""
     folder.mkdir()
-    for name in ("model.json", "model.onnx"):
+    for name in ("model.json", "model.onnx", "model.onnx.data"):
         shutil.copy(run / name, folder / name)
-    try:
-        os.link(run / "model.onnx.data", folder / "model.onnx.data")
-    except OSError:  # another file system
-        shutil.copy(run / "model.onnx.data", folder / "model.onnx.data")
     return folder
 
 
