@@ -1,7 +1,8 @@
 """The commands that use a trained model: predict (its own section, first) and evaluate.
 
 Both run the model in ONNX Runtime through heartbeat.predict, never torch; they import it when they run,
-so that `heartbeat --help` stays quick.
+so that `heartbeat --help` stays quick. --model names the model the same way for both (heartbeat.bundled:
+data/runs/latest when it exists, otherwise the model shipped with the package; 'builtin' names that one).
 """
 
 from __future__ import annotations
@@ -23,36 +24,58 @@ def _add_predict(commands) -> None:
     parser = commands.add_parser(
         "predict", help="classify recordings with a trained model (ONNX Runtime, no torch: starts in under a second)",
         description=(
-            "Classify each FILE with a trained model: the recording is cut into 5.11 s windows as in training and "
-            "their probabilities are averaged as in the report. Prints a table, or one JSON object per line with "
+            "Classify each FILE with a trained model (by default your newest run, data/runs/latest, and without one "
+            "the model shipped with heartbeat: see --about): the recording is cut into 5.11 s windows as in training "
+            "and their probabilities are averaged as in the report. Prints a table, or one JSON object per line with "
             "--json. A file that cannot be used gets one line on stderr and the others are still predicted; "
             "exit code 1 if any failed, 2 if the model cannot be used."
         ),
     )
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="WAV (8/16/24/32-bit integer or float), FLAC or OGG; any sample rate, mono or stereo; at least 0.5 s")
-    parser.add_argument("--model", metavar="RUN", default=None, help="run folder of a trained model (default: data/runs/latest)")
+    parser.add_argument("files", nargs="*", metavar="FILE",
+                        help="WAV (8/16/24/32-bit integer or float), FLAC or OGG; any sample rate, mono or stereo; "
+                             "at least 0.5 s")
+    _add_model(parser)
     parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line per file: file, label, probabilities, windows, model_id")
+                        help="one JSON object per line per file: file, label, probabilities, windows, model_id, model, "
+                             "heart_problem (1 - p(normal)), heart_rate_bpm, beats, beat_irregularity (null: no "
+                             "reliable rhythm)")
+    parser.add_argument("--about", action="store_true",
+                        help="print the bundled model's card (training data, cross-validated figures, what it was "
+                             "never tested on, intended use) and exit")
+    parser.add_argument("--explain", metavar="DIR", default=None,
+                        help="also write one picture per FILE into DIR (created if needed): its mel spectrogram, the "
+                             "class probabilities window by window, and which time-frequency regions moved the answer "
+                             "(about 2 s per 10-s recording)")
     add_max_seconds(parser)
-    parser.set_defaults(run=_run_predict)
+    parser.set_defaults(run=_run_predict, usage_error=parser.error)  # FILE is required unless --about
+
+
+def _add_model(parser) -> None:
+    """--model of predict and evaluate."""
+    parser.add_argument("--model", metavar="RUN", default=None,
+                        help="a trained model's run folder, or 'builtin' for the model shipped with heartbeat "
+                             "(default: data/runs/latest when it exists, otherwise builtin)")
 
 
 def _run_predict(args) -> int:
-    from heartbeat import config
-    from heartbeat.predict import Failure, ModelError, load_predictor, predict_files, table_header, table_row
+    from heartbeat import bundled, config
+    from heartbeat.predict import INTENDED_USE, Failure, ModelError, predict_files, table_header, table_row
 
-    run_dir = Path(args.model) if args.model else config.RUNS_DIR / "latest"
+    if args.about:
+        return _print_about(args.model)
+    if not args.files:
+        args.usage_error("the following arguments are required: FILE (or --about)")
     try:
-        predictor = load_predictor(run_dir)
+        predictor = bundled.load_model(args.model, config.RUNS_DIR)
     except ModelError as error:
         raise UserError(str(error)) from None
     limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
+    pictures = _explain_folder(args.explain, args.files)
     file_width = max(len("file"), *(len(printable(name)) for name in args.files))  # as table_row prints them
-    failed = 0
+    failed = 0 if pictures is not False else 1
     header_printed = False
     try:
-        for result in predict_files(predictor, args.files, **limits):
+        for index, result in enumerate(predict_files(predictor, args.files, **limits)):
             if isinstance(result, Failure):
                 failed += 1
                 print_failure(result)
@@ -61,13 +84,59 @@ def _run_predict(args) -> int:
                 line = result.to_json()
             else:
                 if not header_printed:
+                    _print_result(INTENDED_USE)  # once per call, before the table (the JSON lines are for programs)
                     _print_result(table_header(predictor.classes, file_width))
                     header_printed = True
                 line = table_row(result, file_width)
             _print_result(line)  # one line per file as it is done: a long list shows progress
+            if pictures:
+                failed += not _write_picture(predictor, args.files[index], pictures[index], limits)
     except ModelError as error:  # the model gives no usable answer: the same for every file, so stop
         raise UserError(str(error)) from None
     return EXIT_FAILED if failed else 0
+
+
+def _print_about(model: str | None) -> int:
+    """--about: the bundled model's card; a run folder has its own report instead."""
+    from heartbeat import bundled, config
+    from heartbeat.predict import ModelError
+
+    choice = bundled.resolve_model(model, config.RUNS_DIR)
+    if not choice.bundled:
+        raise UserError(f"--about describes the bundled model (--model builtin); a run's own report is "
+                        f"{os.fsdecode(choice.folder / 'report.md')}")
+    try:
+        _print_result(bundled.about().rstrip("\n"))
+    except ModelError as error:
+        raise UserError(str(error)) from None
+    return 0
+
+
+def _explain_folder(folder: str | None, files: list[str]):
+    """--explain's picture paths, one per file (None: not asked; False: the folder is unusable, said in one line)."""
+    if folder is None:
+        return None
+    from heartbeat.explain_files import folder_problem, picture_names
+
+    problem = folder_problem(folder)
+    if problem:
+        print(f"heartbeat: {printable(problem)}; no pictures written", file=sys.stderr, flush=True)
+        return False
+    return [Path(folder) / name for name in picture_names(files)]
+
+
+def _write_picture(predictor, file: str, picture: Path, limits: dict) -> bool:
+    """One file's --explain picture; False (and one stderr line) if it could not be written."""
+    from heartbeat.data.audio import AudioError
+    from heartbeat.explain_files import explain_file
+
+    try:
+        explain_file(predictor, file, picture, **limits)
+    except (AudioError, OSError) as error:
+        problem = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        print(f"heartbeat: {printable(file)}: no picture ({printable(problem)})", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _print_result(line: str) -> None:
@@ -112,7 +181,7 @@ def _add_evaluate(commands) -> None:
             "evaluated; exit code 1 if any failed, 2 if the evaluation cannot run (OUT is then left as it was)."
         ),
     )
-    parser.add_argument("--model", metavar="RUN", default=None, help="run folder of a trained model (default: data/runs/latest)")
+    _add_model(parser)
     parser.add_argument("--data", required=True, metavar="DIR", help="the data folder to evaluate on (any layout of --format)")
     add_layout_flags(parser)
     parser.add_argument("--out", required=True, metavar="DIR",
@@ -126,10 +195,9 @@ def _add_evaluate(commands) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from heartbeat import config
     from heartbeat.report.evaluate import EvaluationError, NothingEvaluated, prepare, run
 
-    model_dir = Path(args.model) if args.model else config.RUNS_DIR / "latest"
+    model_dir = _evaluated_model(args.model)
     limits = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     try:
         plan = prepare(model_dir, args.data, args.out, format=args.format, label_map=label_map(args.label_map),
@@ -152,6 +220,20 @@ def _run_evaluate(args) -> int:
           f"(baseline {baseline['balanced_accuracy']:.3f}) on {result.n_scored} scored recordings; "
           f"{not_scored} not scored, {len(result.failures)} failed; report: {result.out_dir}/report.md")
     return EXIT_FAILED if result.failures else 0
+
+
+def _evaluated_model(model: str | None) -> Path:
+    """--model's folder for evaluate (as predict's: bundled.resolve_model); the bundled model's files checked first."""
+    from heartbeat import bundled, config
+    from heartbeat.predict import ModelError
+
+    choice = bundled.resolve_model(model, config.RUNS_DIR)
+    try:
+        if choice.bundled:
+            bundled.check_bundled(choice.folder)
+    except ModelError as error:
+        raise UserError(str(error)) from None
+    return choice.folder
 
 
 def add_commands(commands) -> None:

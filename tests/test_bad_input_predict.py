@@ -203,7 +203,7 @@ def test_special_files_are_refused_without_blocking_and_a_non_utf8_name_is_predi
     result = predict(model, *(path for path, _ in cases), flags=(), timeout=60)  # the table: names printed as given
 
     assert result.returncode == 1, result.stderr
-    header, *rows = result.stdout.splitlines()
+    _intended_use, header, *rows = result.stdout.splitlines()
     assert header.split()[:2] == ["file", "predicted"]
     # The name's byte 0xff is written back as it was given (run_cli shows an undecodable byte as U+FFFD).
     assert [row.split()[0] for row in rows] == [str(good), str(folder / "link-to-good.wav"),
@@ -486,7 +486,7 @@ def test_control_characters_in_file_names_are_escaped_in_the_table_and_the_messa
     assert result.returncode == 1, result.stderr
     for output in (result.stdout, result.stderr):
         assert "\x1b" not in output and "\x07" not in output
-    header, row = result.stdout.splitlines()  # the newline in the name made no second row
+    _intended_use, header, row = result.stdout.splitlines()  # the newline in the name made no second row
     assert row.startswith(str(tmp_path / "a\\x1b[2Jcleared\\nfake row.wav") + "  extrastole")
     assert len(header) == len(row)  # the columns line up with the escaped name
     (error,) = result.error_lines()

@@ -27,7 +27,7 @@ from conftest import write_wav
 from heartbeat import cli, config
 from heartbeat.data import audio
 from heartbeat.data import mel
-from heartbeat.predict import INPUT_NAME, WINDOWS_PER_RUN, ModelError, Prediction, load_predictor, predict_files
+from heartbeat.predict import INPUT_NAME, INTENDED_USE, WINDOWS_PER_RUN, ModelError, Prediction, load_predictor, predict_files
 from heartbeat.data.synth import heartbeat_signal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,8 @@ def test_table_output(trained_run, good_wav, capsys):
     code, out, _ = run_cli(capsys, "--model", trained_run["run"], good_wav)
 
     assert code == 0
-    header, row = out.splitlines()
+    intended_use, header, row = out.splitlines()
+    assert intended_use == INTENDED_USE
     assert header.split() == ["file", "predicted", *classes, "heart_problem", "bpm", "windows"]
     fields = row.split()
     assert fields[0] == str(good_wav) and fields[1] in classes and fields[-1] == "2"
@@ -397,10 +398,8 @@ def test_an_unusable_model_folder_is_one_clear_message(trained_run, tmp_path, go
     assert len(err.splitlines()) == 1 and err.startswith(f"heartbeat: error: {folder}") and problem in err, err
 
 
-def test_a_missing_latest_run_says_how_to_get_one(tmp_path, good_wav, monkeypatch, capsys):
-    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
-
-    code, _, err = run_cli(capsys, good_wav)
+def test_a_missing_run_folder_says_how_to_get_one(tmp_path, good_wav, capsys):
+    code, _, err = run_cli(capsys, "--model", tmp_path / "runs" / "latest", good_wav)
 
     assert code == cli.EXIT_USAGE
     assert "latest: no model folder there" in err and "heartbeat train" in err and "--model" in err
