@@ -12,6 +12,9 @@ untrusted. Two places read such text as commands rather than as text:
   spreadsheets show as text and hide; `from_spreadsheet_cell` gives the original back, so a csv
   the tool reads again (a run's predictions.csv) round-trips exactly.
 
+A progress bar redraws itself with carriage returns: `on_terminal` tells whether it may (in a log
+file or a pipe each redraw is one more line of noise, so the bars there are off).
+
 JSON outputs stay exact: json.dumps escapes control characters itself. Standard library only:
 predict imports this module and must start fast.
 """
@@ -29,6 +32,14 @@ _ESCAPED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 # OWASP's triggers, and the quote itself so that the prefix can be taken off again unambiguously.
 SPREADSHEET_QUOTE = "'"
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", SPREADSHEET_QUOTE)
+
+
+def on_terminal(stream) -> bool:
+    """Whether `stream` is a terminal (a bar can redraw itself there); False for files, pipes and closed streams."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def printable(text: str) -> str:

@@ -255,6 +255,16 @@ def test_a_bad_file_gets_one_line_and_the_others_are_evaluated(trained_run, tmp_
     assert "1 failed" in out
 
 
+def test_a_log_gets_the_summary_line_without_progress_bar_frames(trained_run, tmp_path, capsys):
+    data = small_folders(trained_run, tmp_path / "data")
+
+    code, out, err = cli_main(capsys, "--model", trained_run["run"], "--data", data, "--out", tmp_path / "out")
+
+    assert code == 0, err
+    assert "\r" not in err and "\r" not in out  # capsys's stderr is no terminal, as a log file or a pipe is
+    assert out.strip()
+
+
 def test_when_every_file_fails_nothing_is_written(trained_run, tmp_path, capsys):
     (tmp_path / "data" / "murmur").mkdir(parents=True)
     (tmp_path / "data" / "murmur" / "a.wav").write_text("not audio")

@@ -204,3 +204,12 @@ def test_max_seconds_must_be_a_positive_number(value, capsys):
         cli.main(["spectrograms", "--max-seconds", value])
     assert caught.value.code == 2
     assert "--max-seconds" in capsys.readouterr().err
+
+
+def test_a_log_gets_the_summary_line_without_progress_bar_frames(dataset_dir, tmp_path, capsys):
+    # capsys's stderr is no terminal, as a log file or a pipe is: no bar redrawn with carriage returns
+    code = cli.main(["spectrograms", "--data", str(dataset_dir), "--out", str(tmp_path / "out"), "--jobs", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "\r" not in captured.err and "\r" not in captured.out
+    assert "spectrograms:" in captured.out and "made" in captured.out

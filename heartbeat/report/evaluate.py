@@ -38,7 +38,7 @@ from heartbeat.report.metrics import classification_metrics
 from heartbeat.report.outputs import (confusion_section, figures_table, json_bytes, markdown_table, markdown_text, plain,
                                       write_all)
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
-from heartbeat.text import printable, spreadsheet_cell
+from heartbeat.text import on_terminal, printable, spreadsheet_cell
 
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -173,7 +173,8 @@ def run(plan: EvaluationPlan, *, progress: bool = True) -> EvaluationResult:
 
     predictions, failures = [], []
     by_path = {os.fsdecode(recording.path): recording for recording in plan.to_score}
-    bar = tqdm(total=len(plan.to_score), desc="evaluate", unit="rec", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(plan.to_score), desc="evaluate", unit="rec", disable=not (progress and on_terminal(sys.stderr)),
+                file=sys.stderr)  # a log gets the one-line summary, not the redrawn frames
     try:
         for result in predict_files(plan.predictor, [r.path for r in plan.to_score], max_seconds=plan.max_seconds):
             if isinstance(result, Failure):

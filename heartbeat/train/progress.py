@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from heartbeat.text import on_terminal
 
-def on_terminal(stream) -> bool:
-    """Whether `stream` is a terminal (a bar can redraw itself there); False for files, pipes and closed streams."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or closed
-        return False
 
 
 def show_training(learner, progress: bool) -> None:

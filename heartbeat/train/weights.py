@@ -33,7 +33,7 @@ import torch
 
 from heartbeat.train.device import cpu
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
-from heartbeat.train.progress import on_terminal
+from heartbeat.text import on_terminal
 
 # No network must fail within about 10 s, never hang: the limit for getting an answer, and for
 # each silence while the file arrives (a stalled download fails instead of waiting forever).

@@ -24,7 +24,7 @@ from heartbeat.train import device as devices
 from heartbeat.train import loop
 from heartbeat.train import model
 from heartbeat.train.contract import Plan
-from heartbeat.train.progress import on_terminal
+from heartbeat.text import on_terminal
 from heartbeat.train.settings import TrainError, TrainSettings
 
 FEATURES_DIR = "features"  # the frozen body's cached outputs, inside the spectrograms folder
