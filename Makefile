@@ -38,7 +38,7 @@ STAGE1_SOURCES := $(wildcard heartbeat/data/*.py heartbeat/data/*/*.py) heartbea
 same-text = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
 stamp = $(if $(wildcard $(dir $(1))),$(if $(call same-text,$(strip $(2)),$(file <$(1))),,$(file >$(1),$(strip $(2)))))
 
-.PHONY: help install spectrograms train cv evaluate demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device release-model clean
+.PHONY: help install spectrograms train cv evaluate demo test bench bench-spectrograms bench-train bench-predict bench-cv bench-device bench-beats bench-explain release-model clean
 
 help: ## list the targets
 	@echo "heartbeat: make TARGET [DATA=folder-with-set_b.csv] [SPECTROGRAMS=...]"
@@ -89,10 +89,10 @@ FORCE:
 cv: $(SPECTROGRAMS)/manifest.csv | $(INSTALLED) ## cross-validation by patient (CV_FLAGS), into data/cv-<time>
 	$(BIN)/heartbeat cv --spectrograms $(SPECTROGRAMS) --out data/cv-$$(date +%Y%m%d-%H%M%S) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(TRAIN_FLAGS) $(CV_FLAGS)
 
-# MODEL defaults here, not as a variable: bench-predict trains its own stand-in unless MODEL is given.
-evaluate: | $(INSTALLED) ## run a model (MODEL, default RUNS/latest) on another labelled folder EVAL_DATA, report in EVAL_OUT
+# MODEL is passed only when given: evaluate then uses data/runs/latest, else the bundled model; bench-predict trains its own stand-in.
+evaluate: | $(INSTALLED) ## run a model (MODEL; default data/runs/latest, else the bundled one) on another labelled folder EVAL_DATA, report in EVAL_OUT
 	@test -n "$(EVAL_DATA)" || { echo "make evaluate needs EVAL_DATA=folder: a labelled data folder in any layout (see README 'heartbeat evaluate')" >&2; exit 2; }
-	$(BIN)/heartbeat evaluate --model $(or $(MODEL),$(RUNS)/latest) --data $(EVAL_DATA) --format $(EVAL_FORMAT) \
+	$(BIN)/heartbeat evaluate $(if $(MODEL),--model $(MODEL)) --data $(EVAL_DATA) --format $(EVAL_FORMAT) \
 		--out $(EVAL_OUT) $(EVAL_FLAGS)
 
 demo: $(INSTALLED) ## offline quick run: synthetic recordings -> spectrograms -> train (from scratch) -> report, in data/demo
@@ -120,6 +120,8 @@ bench: ## run every benchmark and print its figures (about 16 minutes on 2 cores
 	rm -rf $(BENCH_DIR) && $(MAKE) --no-print-directory bench-train BENCH_KEEP=$(BENCH_DIR)
 	$(MAKE) --no-print-directory bench-predict MODEL=$(BENCH_DIR)/run BENCH_SPECTROGRAMS=$(BENCH_DIR)/spectrograms
 	$(MAKE) --no-print-directory bench-cv
+	$(MAKE) --no-print-directory bench-beats
+	$(MAKE) --no-print-directory bench-explain
 
 bench-spectrograms: $(INSTALLED) ## stage 1 speed vs the published recipe, no-op rerun, peak RSS (real data)
 	$(BIN)/python scripts/bench_spectrograms.py --data $(REAL_DATA)
@@ -133,6 +135,12 @@ bench-cv: $(INSTALLED) ## 5-fold patient-grouped CV wall time, body features inc
 bench-predict: $(INSTALLED) ## predict cold start vs fastai load_learner, all 656 recordings, peak RSS (real data; trains a stand-in 512-px model unless MODEL=run)
 	$(BIN)/python scripts/bench_predict.py --data $(REAL_DATA) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(BENCH_SPECTROGRAMS),--spectrograms $(BENCH_SPECTROGRAMS))
+
+bench-beats: $(INSTALLED) ## beat segmentation's time per 10-s recording (predict's heart rate) vs reading it and making its images
+	$(BIN)/python scripts/bench_beats.py
+
+bench-explain: $(INSTALLED) ## predict --explain's occlusion saliency per 10-s recording vs plain predict (trains a small heartbeat-recipe model)
+	$(BIN)/python scripts/bench_explain.py
 
 # Not part of `make bench`: its point is a GPU beside the CPU, and this machine has none.
 bench-device: $(INSTALLED) ## features pass and finetune epoch timed on the CPU and the GPU side by side (stand-in weights; BENCH_WINDOWS=16)

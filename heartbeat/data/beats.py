@@ -36,7 +36,7 @@ from heartbeat.data.hsmm import DIASTOLE, S1, S2, SYSTOLE, decode, sound_probabi
 # logistic gives P(sound); they also measure the envelope's modulation.
 QUIET_PERCENTILE, LOUD_PERCENTILE = 20.0, 95.0
 
-# ---- reliability (see measure in scripts/beats_survey.py and the tests)
+# ---- reliability (see measure in experiments/beats_survey.py and the tests)
 # Loud over quiet level of the envelope, as a ratio: heart sounds stand 10-30 dB above the
 # silences between them; a tone or white noise has an envelope within a few dB of constant.
 MIN_MODULATION_DB = 6.0
@@ -51,7 +51,7 @@ MIN_INTERVALS = 2
 # for a premature complex), and the next one at least 110 % (the compensatory pause); normal
 # beat-to-beat variation at rest stays within a few per cent.
 PREMATURE_FRACTION, PAUSE_FRACTION = 0.8, 1.1
-# Measured on Dataset B's labelled recordings (scripts/rhythm_search.py's notes; plots of the envelope and the
+# Measured on Dataset B's labelled recordings (experiments/rhythm_search.py's notes; plots of the envelope and the
 # decode): this criterion marks no real extrastole. Where an early beat is visible it is a single, quieter
 # sound inside a diastole (its S2 unheard); the decoder needs a whole S1-systole-S2 for a beat, so it leaves
 # the sound inside the diastole and the beat intervals stay regular. A 30 % off-rhythm diastole tail changed

@@ -1,6 +1,6 @@
 """Beat segmentation on the real Dataset B: how often a rhythm is found, its rates, its regularity per class.
 
-    python scripts/beats_survey.py [--data DIR]
+    python experiments/beats_survey.py [--data DIR]
 
 A measurement, not a test (the recordings carry no beat annotations). Runs heartbeat.data.beats.segment
 on every labelled recording of set_b (read by heartbeat.data.layouts, loaded by heartbeat.data.audio as

@@ -1,6 +1,6 @@
 """Benchmark the rhythm features (segmentation included) on 10-s 4 kHz recordings; prints its figures.
 
-    python scripts/bench_rhythm.py [--repeats N]
+    python experiments/bench_rhythm.py [--repeats N]
 
 heartbeat.data.rhythm.rhythm_features (which runs heartbeat.data.beats' segmentation once) and beats.segment alone, taking
 turns in one process, on a 10-s synthetic normal rhythm (heartbeat.data.synth) and on one with a premature beat.

@@ -1,6 +1,6 @@
 """Do rhythm features help the heartbeat recipe? A selection on SEEDS 1 AND 2 ONLY (never 3-5).
 
-    .venv/bin/python scripts/rhythm_search.py --data DATA --spectrograms S --cv D [--out runs.csv]
+    .venv/bin/python experiments/rhythm_search.py --data DATA --spectrograms S --cv D [--out runs.csv]
 
 D is `heartbeat cv --spectrograms S --out D --folds 5 --seeds 1,2 --recipe heartbeat`; its oof.csv
 holds the CNN's out-of-fold probabilities. For every seed and fold of that CV (the script rebuilds
