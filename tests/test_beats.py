@@ -50,12 +50,17 @@ def assert_finite(rhythm: Rhythm) -> None:
         assert np.isfinite(array).all()
 
 
+# 200 bpm: S1 to S2 is 0.10 s (5 frames); in the 8 Hz envelope's autocorrelation the S1-to-S2 term is only a
+# shoulder of the lag-0 lobe, not a peak, so heart_cycle's two-sound check rejects the true cycle and 100 bpm
+# is found. A 10-12 Hz envelope resolves it but doubles real rates (Dataset B: 7-8 recordings rise > 10 %,
+# normals at 93-100 bpm become 192-204), so the trade-off is not taken.
+TWO_HUNDRED = pytest.param(200, marks=pytest.mark.xfail(strict=True, reason="the 8 Hz envelope cannot resolve "
+                                                                           "S1 from S2 0.10 s apart"))
+
+
 @pytest.mark.parametrize("snr_db", [None, 10.0])
-@pytest.mark.parametrize("bpm", [50, 72, 120, 180])
+@pytest.mark.parametrize("bpm", [50, 72, 120, 150, 180, TWO_HUNDRED])
 def test_heart_rate_within_3_bpm(bpm, snr_db):
-    if bpm == 180 and snr_db is None:
-        pytest.xfail("noiseless 180 bpm bursts: S1 and S2 (110 ms apart) merge in the 8 Hz envelope, "
-                     "half the rate is found (see the report)")
     signal, onsets = heartbeats(bpm, snr_db=snr_db)
     rhythm = segment(signal, RATE)
     assert rhythm.reliable, rhythm.reason

@@ -35,6 +35,14 @@ from heartbeat.data.hsmm import DIASTOLE, S1, S2, SYSTOLE, decode, sound_probabi
 # The log envelope's quiet and loud levels (percentiles), between which heartbeat.data.hsmm's
 # logistic gives P(sound); they also measure the envelope's modulation.
 QUIET_PERCENTILE, LOUD_PERCENTILE = 20.0, 95.0
+# The background level lies at most this far below the loud level. A real recording's silences hold
+# noise 10-30 dB below its sounds (Dataset B: median 17 dB, 99th percentile 27 dB); a noiseless one's
+# fall to the envelope's floor, 80 dB down, where the log turns each sound's decaying tail into a ramp
+# about 0.1 s long. At 150-180 bpm S1's tail then reaches S2 (0.11-0.13 s later), the autocorrelation
+# shows no S1-to-S2 peak, heart_cycle rejects the true cycle as one without two sounds, and half the
+# rate is found. 25 dB cuts those tails and changes no heart rate and no reliability verdict on Dataset B
+# (experiments/beats_survey.py).
+MAX_BACKGROUND_DEPTH_DB = 25.0
 
 # ---- reliability (see measure in experiments/beats_survey.py and the tests)
 # Loud over quiet level of the envelope, as a ratio: heart sounds stand 10-30 dB above the
@@ -121,6 +129,7 @@ def _analyse(signal: np.ndarray, sample_rate: int) -> tuple[Rhythm, np.ndarray |
     if modulation_db < MIN_MODULATION_DB:
         return _unreliable(f"the envelope is nearly steady ({modulation_db:.1f} dB between loud and quiet): "
                            f"a tone or noise, no beats"), None, 0.0
+    quiet = max(quiet, loud - MAX_BACKGROUND_DEPTH_DB * math.log(10.0) / 20.0)  # a noiseless recording's floor
     # Loudness above the background, in log units: S2 (often half S1's amplitude) counts nearly
     # as much as S1 in the autocorrelation, which must see both (heart_cycle), and the
     # silences' noise, clipped at the quiet level, counts for nothing.
