@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import collections
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 
-import benchlib
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # benchlib: the benchmarks' shared helpers
+
+import benchlib  # noqa: E402
 from benchlib import figures
 from heartbeat.data import audio
 from heartbeat.data import beats

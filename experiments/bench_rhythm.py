@@ -9,9 +9,14 @@ Target (issue 18): segmentation and rhythm <= 20 ms per 10-s recording.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import statistics
 
-import benchlib
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # benchlib: the benchmarks' shared helpers
+
+import benchlib  # noqa: E402
 from bench_beats import SECONDS, TARGET_MS, milliseconds
 from benchlib import figures, target
 from heartbeat.data import audio
