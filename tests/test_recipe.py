@@ -120,6 +120,7 @@ def test_a_saved_heartnet_loads_back_to_the_same_network(spied_fit, tmp_path):
     fitted, _ = spied_fit
     info = {"model_id": "test", "classes": CLASSES, "image_size": 512, **nets.model_info(fitted.network)}
     model.save_model(tmp_path, fitted.network, info, body_trained=True, body_state_digest=None)
+    model.export_onnx(fitted.network, 512, tmp_path / model.ONNX_FILE)  # a trained network's one copy, as a run writes it
     loaded, saved_info = model.load_model(tmp_path)
     grey = torch.rand(2, 1, 512, 512)
     with torch.no_grad():
