@@ -577,7 +577,7 @@ def test_results_and_top_losses_are_drawn_linked_and_redrawn(run_folder, predict
 
 
 def test_only_the_spectrograms_own_images_are_read(tmp_path):
-    from heartbeat.report.figures import _first_windows, _read_window_image
+    from heartbeat.report.figures import _first_windows, read_window_image
 
     folder = tmp_path / "spectrograms"
     (folder / "images").mkdir(parents=True)
@@ -589,8 +589,8 @@ def test_only_the_spectrograms_own_images_are_read(tmp_path):
             for image, recording in (("../secret.png", "a.wav"), (str(secret), "b.wav"), ("images/sub/x.png", "c.wav"),
                                      ("images/link.png", "d.wav"), ("images/own.png", "e.wav"))]
     assert _first_windows(rows) == {"d.wav": "images/link.png", "e.wav": "images/own.png"}
-    assert _read_window_image(folder, "images/link.png") is None  # a link is never followed out
-    assert _read_window_image(folder, "images/own.png").tolist() == np.full((8, 8), 7).tolist()
+    assert read_window_image(folder, "images/link.png") is None  # a link is never followed out
+    assert read_window_image(folder, "images/own.png").tolist() == np.full((8, 8), 7).tolist()
 
 
 def test_no_module_of_the_package_sets_a_matplotlib_backend_or_uses_pyplot():
