@@ -145,6 +145,8 @@ def _run_train(args) -> int:
         from heartbeat.train.run import train
 
         result = train(args.spectrograms, args.out, settings, runs_dir=args.runs, progress=not args.quiet)
+    for warning in result.warnings:  # the run is complete; these are extras it could not make (the report says why)
+        print(f"heartbeat: warning: {printable(warning)}", file=sys.stderr)
     print(_headline(result.metrics, result.run_dir))
     return 0
 

@@ -6,7 +6,9 @@ and, for each window, hides one time-frequency patch at a time and runs the hidd
 through the same ONNX session: a patch's saliency is how much hiding it lowers the window's
 log-odds of the explained class (by default the recording's answer). Occlusion needs only
 the forward pass, so predict stays free of torch; it treats every model alike (the published
-ResNet, the heartbeat CNN, an ensemble graph).
+ResNet, the heartbeat CNN, an ensemble graph). `explain_images` does the same from a recording's
+window images and their start times (stage 1's PNGs, for the training report): explain_signal is
+it on the images predict would make.
 
 Log-odds, log(p / (1 - p)), not the probability itself: a confident model's probability
 saturates, and when its evidence repeats (a murmur in each of a recording's twelve systoles)
@@ -28,6 +30,7 @@ never hidden: they hold nothing, and filling them would invent sound.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,21 +85,36 @@ def explain_signal(predictor, signal: np.ndarray, *, target: int | None = None,
                    settings: audio.AudioSettings = audio.SETTINGS) -> Explanation:
     """A prepared signal (audio.load_audio's output) -> its Explanation under `predictor`.
 
+    Its windows are made as predict makes them (mel.recording_images) and explained by explain_images.
+    Raises audio.AudioError as predict does (no sound in the mel bands; only blank windows).
+    """
+    windows = mel.recording_images(signal, settings)
+    return explain_images(predictor, windows, signal.size / settings.sample_rate, target=target, patch=patch,
+                          settings=settings)
+
+
+def explain_images(predictor, windows: Sequence[tuple[float, np.ndarray]], duration: float, *,
+                   target: int | None = None, patch: tuple[int, int] = (PATCH_FRAMES, PATCH_BANDS),
+                   settings: audio.AudioSettings = audio.SETTINGS) -> Explanation:
+    """A recording's windows, (start in seconds, uint8 image as stage 1 writes it), -> its Explanation.
+
+    The training report explains validation recordings from stage 1's images (a run has no wav
+    files); explain_signal passes the images it makes. duration: the recording's, in seconds
+    (manifest.csv's duration_s): the picture's time axis, without the last window's padding.
     target: the class index to explain (default: the recording's answer). patch: (frames,
     bands) of one hidden patch; patches tile each window without overlap. Windows are handled
     one at a time and their hidden versions run through Predictor.window_probabilities a few
     at a time, so memory follows the recording's length (its image and map), not the patch count.
-    Raises audio.AudioError as predict does (no sound in the mel bands; only blank windows).
+    Raises audio.AudioError if every image is blank, ValueError for images or times that are not a recording's.
     """
     patch_frames, patch_bands = patch
     if patch_frames < 1 or patch_bands < 1:
         raise ValueError(f"patch must be at least 1 frame x 1 band, got {patch}")
+    n_frames = _frame_count(windows, duration, settings)
     rows_per_band = settings.image_size // settings.n_mels
-    n_frames = 1 + signal.size // settings.hop_length
     spectrogram = np.zeros((settings.n_mels, n_frames), np.uint8)
     saliency_sum = np.zeros((settings.n_mels, n_frames), np.float64)
     saliency_count = np.zeros(n_frames, np.int64)  # windows covering each frame (overlaps are averaged)
-    windows = list(mel.iter_recording_images(signal, settings))
     images = [image for _, image in windows]
     if not any(image.any() for image in images):
         raise audio.AudioError("gives only blank spectrogram images (nothing to predict from)")
@@ -119,9 +137,25 @@ def explain_signal(predictor, signal: np.ndarray, *, target: int | None = None,
     saliency = (saliency_sum / np.maximum(saliency_count, 1)).astype(np.float32)
     return Explanation(
         spectrogram=spectrogram, frame_seconds=settings.hop_length / settings.sample_rate,
-        window_starts=np.array([start for start, _ in windows]), window_seconds=settings.window_seconds,
+        window_starts=np.array([float(start) for start, _ in windows]), window_seconds=settings.window_seconds,
         window_probabilities=baseline, probabilities=probabilities, target=target, saliency=saliency,
     )
+
+
+def _frame_count(windows: Sequence[tuple[float, np.ndarray]], duration: float, settings: audio.AudioSettings) -> int:
+    """The recording's frames (as mel.mel_power counts them: 1 + samples // hop); ValueError unless every window
+    is an (image_size, image_size) image starting within the recording."""
+    if not windows:
+        raise ValueError("no windows to explain")
+    if not (math.isfinite(duration) and duration > 0):
+        raise ValueError(f"the recording's duration must be a positive number of seconds, got {duration}")
+    side = settings.image_size
+    for start, image in windows:
+        if image.shape != (side, side) or image.dtype != np.uint8:
+            raise ValueError(f"a window image is {image.dtype} {image.shape}, not uint8 ({side}, {side}) as stage 1's")
+        if not (math.isfinite(start) and 0 <= start < duration):
+            raise ValueError(f"a window starts at {start} s, outside the {duration:g}-s recording")
+    return 1 + round(duration * settings.sample_rate) // settings.hop_length
 
 
 def log_odds(probabilities: np.ndarray, target: int) -> np.ndarray:

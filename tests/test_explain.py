@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -303,3 +304,17 @@ def test_the_title_names_the_file_on_one_line():
     assert explain.printable_name("a\nb\x1b[31m.wav") == "a\\nb\\x1b[31m.wav"
     assert explain.printable_name(b"caf\xe9.wav") == "caf\\xe9.wav"
     assert explain.printable_name("ok $x$ é.wav") == "ok $x$ é.wav"
+
+
+def test_explain_images_refuses_windows_that_are_not_a_recordings(tmp_path, tone_recording):
+    predictor = load_predictor(region_model(tmp_path / "model", BANDS, FRAMES, threshold=0.1), threads=1)
+    start, image = mel.recording_images(tone_recording)[0]
+    for windows, duration, problem in [
+        ([], 3.0, "no windows"),
+        ([(start, image[:256])], 3.0, "not uint8 (512, 512)"),
+        ([(start, image.astype(np.float32))], 3.0, "not uint8 (512, 512)"),
+        ([(4.0, image)], 3.0, "outside the 3-s recording"),
+        ([(start, image)], float("nan"), "positive number of seconds"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            explain.explain_images(predictor, windows, duration)

@@ -370,6 +370,10 @@ BAD_RUN_FOLDERS = {
     "config a link out of the folder": (_link_out("config.json"), "config.json", "out of the run folder"),
     "no metrics": (lambda folder: (folder / "metrics.json").unlink(), "metrics.json", "not found"),
     "metrics without context": (_edit_json("metrics.json", lambda m: m.pop("context")), "metrics.json", "context"),
+    "context explanations not a list": (_edit_json("metrics.json", lambda m: m["context"].update(
+        explanations={"pictures": "a.png", "note": None})), "metrics.json", "explanations"),
+    "context explanation without a file": (_edit_json("metrics.json", lambda m: m["context"].update(
+        explanations={"pictures": [{"recording": "a.wav"}], "note": None})), "metrics.json", "explanations"),
     "context without weights": (_edit_json("metrics.json", lambda m: m["context"].pop("weights")),
                                 "metrics.json", "weights"),
     "context settings not a table": (_edit_json("metrics.json", lambda m: m["context"].update(settings="fast")),
@@ -530,6 +534,45 @@ def test_top_losses_are_the_most_confidently_wrong_first():
     assert top_losses(right, probabilities, CLASSES) == []
 
 
+def test_explained_recordings_are_each_classs_surest_right_and_the_most_confidently_wrong():
+    from heartbeat.report.explanations import MAX_RECORDING_WINDOWS, choose_recordings
+
+    table = _probabilities({
+        "a.wav": ("normal", {"normal": 0.6, "murmur": 0.4}),
+        "b.wav": ("normal", {"normal": 0.9, "murmur": 0.1}),  # the surest right normal
+        "c.wav": ("normal", {"normal": 0.99, "murmur": 0.01}),  # surer, but too long to explain
+        "d.wav": ("murmur", {"murmur": 0.7, "normal": 0.3}),  # the only right murmur
+        "e.wav": ("murmur", {"normal": 0.8, "murmur": 0.2}),  # wrong, 0.8
+        "f.wav": ("extrastole", {"normal": 0.6, "extrastole": 0.4}),  # wrong, 0.6; no extrastole is right
+    }).assign(windows=[1, 3, MAX_RECORDING_WINDOWS + 1, 2, MAX_RECORDING_WINDOWS, 1])
+    chosen = choose_recordings(table, probability_table(table, CLASSES), CLASSES)
+    assert [(table["recording"][row], why) for row, why in chosen] == [
+        ("d.wav", "the surest right murmur"), ("b.wav", "the surest right normal"), ("e.wav", "the most confidently wrong")]
+    all_right = table.assign(label=table["predicted"])
+    assert [why for _, why in choose_recordings(all_right, probability_table(all_right, CLASSES), CLASSES)] == [
+        "the surest right murmur", "the surest right normal"]  # c.wav is too long; nothing is wrong
+
+
+def test_the_report_links_the_explanations_that_are_there_and_says_why_the_others_are_not(tmp_path, predictions,
+                                                                                          context, capsys):
+    pictures = [{"file": f"explanations/{name}", "recording": name, "label": "normal", "predicted": "normal",
+                 "why": "the surest right normal"} for name in ("1-a.png", "2-gone.png", "../outside.png")]
+    (tmp_path / "explanations").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "explanations" / "1-a.png")
+    (tmp_path / "outside.png").write_bytes((tmp_path / "explanations" / "1-a.png").read_bytes())
+    context["explanations"] = {"pictures": pictures, "note": "Not explained: z.wav (no images)."}
+    write_report(tmp_path, predictions, CLASSES, majority_class="normal", context=context)
+
+    section = (tmp_path / "report.md").read_text().split("## What the model heard")[1].split("\n## ")[0]
+    assert "](explanations/1-a.png)" in section and "gone" not in section and "outside" not in section
+    assert "2 of the pictures training drew are no longer in the run folder." in section
+    assert "Not explained: z.wav (no images)." in section and "log-odds" in section
+    (tmp_path / "explanations" / "1-a.png").unlink()  # none left: the section still says why
+    write_report(tmp_path, predictions, CLASSES, majority_class="normal", context=context)
+    section = (tmp_path / "report.md").read_text().split("## What the model heard")[1].split("\n## ")[0]
+    assert "![" not in section and "3 of the pictures" in section and "log-odds" not in section
+
+
 def test_results_grid_shows_every_class_present():
     table = _predictions(["normal"] * 12 + ["murmur"] * 3 + ["extrastole"], ["normal"] * 16)
     chosen = results_choice(table, CLASSES)
@@ -577,7 +620,7 @@ def test_results_and_top_losses_are_drawn_linked_and_redrawn(run_folder, predict
 
 
 def test_only_the_spectrograms_own_images_are_read(tmp_path):
-    from heartbeat.report.figures import _first_windows, _read_window_image
+    from heartbeat.report.figures import _first_windows, read_window_image
 
     folder = tmp_path / "spectrograms"
     (folder / "images").mkdir(parents=True)
@@ -589,8 +632,8 @@ def test_only_the_spectrograms_own_images_are_read(tmp_path):
             for image, recording in (("../secret.png", "a.wav"), (str(secret), "b.wav"), ("images/sub/x.png", "c.wav"),
                                      ("images/link.png", "d.wav"), ("images/own.png", "e.wav"))]
     assert _first_windows(rows) == {"d.wav": "images/link.png", "e.wav": "images/own.png"}
-    assert _read_window_image(folder, "images/link.png") is None  # a link is never followed out
-    assert _read_window_image(folder, "images/own.png").tolist() == np.full((8, 8), 7).tolist()
+    assert read_window_image(folder, "images/link.png") is None  # a link is never followed out
+    assert read_window_image(folder, "images/own.png").tolist() == np.full((8, 8), 7).tolist()
 
 
 def test_no_module_of_the_package_sets_a_matplotlib_backend_or_uses_pyplot():

@@ -255,13 +255,19 @@ def test_published_band_norm_run_is_predicted_as_its_report(trained_run, standin
     assert max(abs(plain[name] - row[f"prob_{name}"]) for name in result.classes) > 1e-4
 
 
-def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
+@pytest.fixture(scope="module")
+def heartbeat_run(trained_run, tmp_path_factory):
+    """A heartbeat-recipe run (one epoch) on trained_run's spectrograms: the recipe's run folder, explanations included."""
+    settings = TrainSettings(recipe="heartbeat", epochs=1, batch_size=8, seed=1)
+    return train(trained_run["spectrograms"], tmp_path_factory.mktemp("heartbeat") / "run", settings, progress=False)
+
+
+def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, heartbeat_run):
     from heartbeat import predict
     from heartbeat.train import nets
     from heartbeat.train.recipes.heartbeat_recipe import RECIPE
 
-    settings = TrainSettings(recipe="heartbeat", epochs=1, batch_size=8, seed=1)
-    result = train(trained_run["spectrograms"], tmp_path / "run", settings, progress=False)
+    result = heartbeat_run
     info = json.loads((result.run_dir / "model.json").read_text())
     assert (info["arch"], info["image_size"], info["body_trained"]) == (nets.ARCH, 512, True)
     ran = json.loads((result.run_dir / "config.json").read_text())["train_settings"]
@@ -277,6 +283,82 @@ def test_heartbeat_recipe_run_is_predicted_as_its_report(trained_run, tmp_path):
         np.testing.assert_allclose([answer.probabilities[name] for name in result.classes], expected, atol=1e-4)
 
 
+MARKDOWN_IMAGE = re.compile(r"!\[(?:\\.|[^\]\\])*\]\(([^)\s]+)\)")  # ![alt](target): the target
+
+
+def test_a_heartbeat_run_explains_a_few_validation_recordings_in_its_report(heartbeat_run):
+    from PIL import Image
+
+    from heartbeat import explain
+    from heartbeat.report import explanations
+
+    run, predictions = heartbeat_run.run_dir, heartbeat_run.predictions
+    pictures = sorted((run / "explanations").iterdir())
+    assert 1 <= len(pictures) <= len(heartbeat_run.classes) + 1 and not heartbeat_run.warnings
+    for picture in pictures:
+        with Image.open(picture) as image:
+            assert image.format == "PNG" and image.size == (1000, 800)
+            image.verify()
+    report = (run / "report.md").read_text()
+    section = report.split("## What the model heard")[1].split("\n## ")[0]
+    assert "red where hiding a patch lowers its log-odds" in section
+    linked = MARKDOWN_IMAGE.findall(section)
+    assert sorted(linked) == sorted(f"explanations/{picture.name}" for picture in pictures)
+    assert all((run / target).is_file() for target in MARKDOWN_IMAGE.findall(report))  # every picture link resolves
+    # Each is a validation recording, chosen by the rule report.explanations states.
+    chosen = json.loads((run / "metrics.json").read_text())["context"]["explanations"]["pictures"]
+    probabilities = predictions[[f"prob_{name}" for name in heartbeat_run.classes]].to_numpy()
+    expected = explanations.choose_recordings(predictions, probabilities, heartbeat_run.classes)
+    assert [(p["recording"], p["why"]) for p in chosen] == [(predictions["recording"].iloc[row], why) for row, why in expected]
+    assert {p["file"] for p in chosen} == set(linked)
+
+
+def test_the_report_explains_a_recording_as_predict_explains_its_wav(trained_run, heartbeat_run):
+    """Stage 1's images with the manifest's start times and duration are the windows predict makes of the wav."""
+    from heartbeat import explain, predict
+    from heartbeat.data import audio
+    from heartbeat.data.manifest import read_manifest
+    from heartbeat.report import explanations
+
+    predictor = predict.load_predictor(heartbeat_run.run_dir)
+    spectrograms = trained_run["spectrograms"]
+    manifest = read_manifest(spectrograms / "manifest.csv")
+    recording = max(heartbeat_run.predictions["recording"], key=lambda name: sum(r["recording"] == name for r in manifest))
+    from_images = explain.explain_images(predictor, *explanations.recording_windows(spectrograms, manifest, recording))
+    from_wav = explain.explain_signal(predictor, audio.load_audio(trained_run["data"] / "set_b" / recording))
+    assert from_images.window_starts.size > 1  # several windows, overlapping: their stitching is compared too
+    np.testing.assert_array_equal(from_images.spectrogram, from_wav.spectrogram)
+    np.testing.assert_allclose(from_images.window_starts, from_wav.window_starts, atol=1e-4)
+    np.testing.assert_allclose(from_images.probabilities, from_wav.probabilities, atol=1e-6)
+    assert from_images.target == from_wav.target and np.abs(from_wav.saliency).max() > 0
+    np.testing.assert_allclose(from_images.saliency, from_wav.saliency, atol=1e-5)
+
+
+def test_a_failure_to_draw_the_explanations_is_a_warning_not_a_failed_run(trained_run, tmp_path, capsys, monkeypatch):
+    from heartbeat import explain
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts\nsecond line")
+
+    monkeypatch.setattr(explain, "draw_explanation", broken)
+    run = tmp_path / "run"
+    code = cli.main(["train", "--spectrograms", str(trained_run["spectrograms"]), "--out", str(run), "--recipe",
+                     "heartbeat", "--epochs", "1", "--bs", "8", "--seed", "1", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "error rate" in out
+    assert err == "heartbeat: warning: The explanations were not drawn: no fonts\n"
+    assert not (run / "explanations").exists() and (run / "model.onnx").is_file()
+    section = (run / "report.md").read_text().split("## What the model heard")[1].split("\n## ")[0]
+    assert "The explanations were not drawn: no fonts" in section and "![" not in section
+
+
+def test_a_published_recipe_run_has_no_explanations_and_says_why(trained_run):
+    run = trained_run["run"]
+    assert not (run / "explanations").exists()
+    section = (run / "report.md").read_text().split("## What the model heard")[1].split("\n## ")[0]
+    assert "No explanations for the published recipe" in section and "predict --model RUN --explain" in section
+
+
 def test_valid_fraction_zero_trains_the_heartbeat_recipe_on_every_recording(trained_run, tmp_path, capsys):
     spectrograms, run = trained_run["spectrograms"], tmp_path / "final"
     code = cli.main(["train", "--spectrograms", str(spectrograms), "--out", str(run), "--recipe", "heartbeat",
@@ -285,6 +367,7 @@ def test_valid_fraction_zero_trains_the_heartbeat_recipe_on_every_recording(trai
     for name in ["model.onnx", "model.json", "config.json", "split.csv", "epochs.csv", "report.md"]:
         assert (run / name).is_file(), name
     assert not (run / "predictions.csv").exists() and not (run / "metrics.json").exists()
+    assert not (run / "explanations").exists() and "heard" not in (run / "report.md").read_text()  # nothing to explain
     split_table = pd.read_csv(run / "split.csv")
     labelled = set(read_spectrograms(spectrograms)["recording"])
     assert sorted(split_table["recording"]) == sorted(labelled) and set(split_table["split"]) == {"train"}

@@ -238,7 +238,7 @@ def prediction_pictures(predictions: pd.DataFrame, classes: Sequence[str], spect
         for row in rows:
             record = predictions.iloc[row]
             image = first_windows.get(str(record["recording"]))
-            pixels = _read_window_image(folder, image) if image else None
+            pixels = read_window_image(folder, image) if image else None
             p_true = probabilities[row, classes.index(record["label"])]
             p_predicted = probabilities[row, classes.index(record["predicted"])]
             title = f"true: {record['label']}\npredicted: {record['predicted']} ({p_predicted:.2f})"
@@ -302,7 +302,7 @@ def _first_windows(manifest_rows: list[dict]) -> dict[str, str]:
     return {recording: image for recording, (_, image) in first.items()}
 
 
-def _read_window_image(folder: Path, image: str) -> np.ndarray | None:
+def read_window_image(folder: Path, image: str) -> np.ndarray | None:
     """A window's pixels (uint8, as stored), or None if it is not a regular file inside folder/images/
     (no links followed), is too large, or cannot be decoded."""
     from PIL import Image, UnidentifiedImageError

@@ -40,6 +40,7 @@ PREDICTION_COLUMNS = ("recording", "label", "predicted")
 EPOCH_LOG_COLUMNS = ("epoch", "train_loss", "valid_loss", "error_rate")
 LR_FIND_COLUMNS = ("lr", "loss")
 REQUIRED_CONTEXT = ("title", "split", "weights")
+PICTURE_KEYS = ("file", "recording", "label", "predicted", "why")  # context["explanations"]["pictures"]
 
 
 class RunFolderError(ValueError):
@@ -241,3 +242,17 @@ def check_context(context: dict) -> None:
     for key, kind in (("settings", dict), ("notes", list)):
         if context.get(key) is not None and not isinstance(context[key], kind):
             raise ValueError(f"context's {key!r} must be a {kind.__name__}, found {type(context[key]).__name__}")
+    _check_explanations(context.get("explanations"))
+
+
+def _check_explanations(explanations) -> None:
+    """None, or {"pictures": [{file, recording, label, predicted, why: text}], "note": text or None}."""
+    if explanations is None:
+        return
+    pictures = explanations.get("pictures") if isinstance(explanations, dict) else None
+    note = explanations.get("note") if isinstance(explanations, dict) else None
+    if not (isinstance(pictures, list) and (note is None or isinstance(note, str))
+            and all(isinstance(picture, dict) and all(isinstance(picture.get(key), str) for key in PICTURE_KEYS)
+                    for picture in pictures)):
+        raise ValueError(f"context's 'explanations' must be {{'pictures': [{{{', '.join(PICTURE_KEYS)}: text}}], "
+                         "'note': text or null}")

@@ -19,7 +19,8 @@ from typing import Sequence
 import pandas as pd
 
 from heartbeat.data import layouts
-from heartbeat.fileio import remove_dead_leftovers
+from heartbeat.fileio import entry_kind, remove_dead_leftovers
+from heartbeat.report.explanations import EXPLANATIONS_DIR, MAX_RECORDING_WINDOWS, PICTURE_FILE
 from heartbeat.report.figures import (confusion_matrix_figure, lr_find_figure, png_bytes, prediction_pictures,
                                       training_curves_figure)
 from heartbeat.report.metrics import classification_metrics
@@ -73,7 +74,7 @@ def write_report(
     images = {name: name in files or (run_dir / name).exists()
               for name in (TRAINING_CURVES_PNG, LR_FIND_PNG, RESULTS_PNG, TOP_LOSSES_PNG)}
     markdown = _render_markdown(metrics, metrics["context"], n_valid_patients=n_valid_patients, images=images,
-                                pictures_note=pictures_note)
+                                pictures_note=pictures_note, explained=present_explanations(run_dir, context))
     files[REPORT_FILE] = markdown.encode("utf-8")
     write_all(run_dir, files)
     return metrics
@@ -120,7 +121,7 @@ def rewrite_report(run_dir) -> dict:
 
 
 def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, images: dict | None = None,
-                     pictures_note: str | None = None) -> str:
+                     pictures_note: str | None = None, explained: list[dict] | None = None) -> str:
     """report.md text from the metrics dict and the run context, section by section."""
     images = images or {}
     return markdown_text([
@@ -130,6 +131,7 @@ def _render_markdown(metrics: dict, context: dict, *, n_valid_patients=None, ima
         *_per_class_section(metrics["per_class"]),
         *confusion_section(metrics["confusion_matrix"], CONFUSION_PNG),
         *_pictures_section(images, pictures_note),
+        *_explanations_section(context.get("explanations"), explained or []),
         *_training_sections(images),
         *_run_section(context),
         *_settings_section(context.get("settings") or {}),
@@ -167,6 +169,46 @@ def _pictures_section(images: dict, pictures_note: str | None) -> list[str]:
     if pictures_note:
         lines += [pictures_note, ""]
     return lines
+
+
+def present_explanations(run_dir: Path, context: dict) -> list[dict]:
+    """The context's explanation pictures that are in run_dir: explanations/<plain name>.png, a regular file
+    (never a link, nor through one). Training writes them; `heartbeat report` links what is still there."""
+    pictures = (context.get("explanations") or {}).get("pictures") or []
+    folder = run_dir / EXPLANATIONS_DIR
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return [picture for picture in pictures
+            if PICTURE_FILE.fullmatch(picture["file"]) and entry_kind(run_dir / picture["file"]) == "file"]
+
+
+def _explanations_section(explanations: dict | None, present: list[dict]) -> list[str]:
+    """The explanation pictures with how to read them, and the note saying why some or all are not there."""
+    if explanations is None:  # a run from before explanations (or without a validation side)
+        return []
+    lines = ["## What the model heard", ""]
+    if present:
+        lines += ["Each picture is one validation recording as `heartbeat predict --explain` draws it from this "
+                  "run's model.onnx (from stage 1's window images): its mel spectrogram (low frequencies at the "
+                  "bottom), each class's probability window by window, and the occlusion saliency for the predicted "
+                  "class, red where hiding a patch lowers its log-odds (evidence for it) and blue where it raises them "
+                  "(evidence against).", "",
+                  f"Chosen to keep training quick: for each class the right answer the model was surest of, and the "
+                  f"most confidently wrong answer, among recordings of at most {MAX_RECORDING_WINDOWS} windows.", ""]
+    for picture in present:
+        caption = f"{picture['recording']}: {picture['why']} (true {picture['label']}, predicted {picture['predicted']})"
+        lines += [f"![{_alt_text(caption)}]({picture['file']})", "", caption, ""]
+    missing = len(explanations["pictures"]) - len(present)
+    if missing:
+        lines += [f"{missing} of the pictures training drew are no longer in the run folder.", ""]
+    if explanations["note"]:
+        lines += [explanations["note"], ""]
+    return lines
+
+
+def _alt_text(text: str) -> str:
+    """Text inside a Markdown image's brackets: a bracket in a recording's name would end it early."""
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
 def _training_sections(images: dict) -> list[str]:

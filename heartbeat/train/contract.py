@@ -97,6 +97,7 @@ class TrainResult:
     settings: dict  # the settings that ran (settings.resolved), as config.json's train_settings
     classes: list[str]
     predictions: pd.DataFrame | None  # as predictions.csv; None without a validation side
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line each: what the run left out, and why
 
 
 def make_plan(study: Study, settings: TrainSettings, split_table: pd.DataFrame | None = None, *,

@@ -6,7 +6,8 @@
   training side (a final model, whose figures come from the CV);
 - fit: the recipe's `fit(study, plan, sources) -> Fit` (heartbeat.train.recipes.published or .heartbeat);
 - write the run: predictions per recording, the network (torch weights and ONNX), config.json
-  with the settings that ran, the report. heartbeat.train.runfolder owns the folder's layout.
+  with the settings that ran, the report and its explanation pictures (heartbeat.report.explanations:
+  a few validation recordings through the exported ONNX model; a failure there is a warning, not an error). heartbeat.train.runfolder owns the folder's layout.
 Everything runs on --device (heartbeat.train.device); the ONNX export runs on a CPU copy.
 """
 
@@ -23,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from heartbeat.data import audio
-from heartbeat.fileio import atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock
+from heartbeat.fileio import (atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                              exclusive_lock)
+from heartbeat.report import explanations
 from heartbeat.report import metrics
 from heartbeat.report import run_report as report
 from heartbeat.text import spreadsheet_frame
@@ -118,16 +121,29 @@ def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan:
     save_network(work_dir, run_name, fitted, study.classes, plan, sources.body_digest)
     ran = plan.settings_that_ran(lr=fitted.lr, lr_suggestion=fitted.lr_suggestion)
     atomic_write_json(work_dir / runfolder.CONFIG_FILE, run_config(study, plan, sources, fitted, ran, seconds))
+    problems = []
     if plan.has_validation:
+        explained = write_explanations(work_dir, study, plan, predictions)  # from the ONNX model save_network wrote
+        problems += [explained.note] if explained.failed else []
         figures = report.write_report(work_dir, predictions, study.classes, majority_class=plan.majority_class,
-                                      context=report_context(run_name, study, plan, sources, ran),
+                                      context={**report_context(run_name, study, plan, sources, ran),
+                                               "explanations": explained.record()},
                                       epoch_log=fitted.epoch_log, lr_find=fitted.lr_curve,
                                       spectrograms=study.spectrograms_dir)
     else:
         figures = None
         atomic_write_text(work_dir / runfolder.REPORT_FILE, final_model_report(run_name, plan))
     shutil.rmtree(work_dir / runfolder.SCRATCH_DIR, ignore_errors=True)
-    return TrainResult(work_dir, figures, ran, study.classes, predictions)
+    return TrainResult(work_dir, figures, ran, study.classes, predictions, problems)
+
+
+def write_explanations(work_dir: Path, study: Study, plan: Plan, predictions: pd.DataFrame) -> explanations.Explanations:
+    """A few validation recordings' explanation pictures (report.explanations) into work_dir/explanations/."""
+    explained = explanations.explain_validation(work_dir, predictions, study.classes, study.spectrograms_dir,
+                                                plan.settings.recipe)
+    for name, data in explained.files.items():
+        atomic_write_bytes(work_dir / name, data)
+    return explained
 
 
 def run_config(study: Study, plan: Plan, sources: Sources, fitted: Fit, ran: dict, seconds: float) -> dict:
