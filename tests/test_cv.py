@@ -67,6 +67,16 @@ def test_every_labelled_recording_is_out_of_fold_once_per_seed(cv_result, traine
     assert len(cv_result["new_feature_files"]) <= 1, "the body's features were computed more than once"
 
 
+def test_fold_runs_draw_no_explanation_pictures(cv_result):
+    from heartbeat.report.explanations import NOT_ASKED_NOTE
+
+    folds = sorted((cv_result["out"] / "runs").iterdir())
+    assert len(folds) == 6
+    for run in folds:
+        assert not (run / "explanations").exists()
+        assert NOT_ASKED_NOTE in (run / "report.md").read_text()
+
+
 def test_summary_matches_the_out_of_fold_file(cv_result):
     oof = pd.read_csv(cv_result["out"] / "oof.csv")
     summary = json.loads((cv_result["out"] / "summary.json").read_text())

@@ -134,7 +134,7 @@ def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings,
                 split_table: pd.DataFrame, features: pd.DataFrame, progress: bool) -> dict:
     """One run of the protocol in work_dir/runs/seed<seed>-fold<fold>: its out-of-fold predictions and summary row."""
     result = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", dataclasses.replace(settings, seed=seed),
-                   split_table=split_table, progress=progress)
+                   split_table=split_table, progress=progress, explain=False)
     metrics = result.metrics
     row = {"seed": seed, "fold": fold, "n_recordings": metrics["n_recordings"],
            "leaked_patients": split.leaked_patients(split_table), "lr": result.settings["lr"]}

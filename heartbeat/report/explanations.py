@@ -36,6 +36,8 @@ PICTURE_FILE = re.compile(rf"{EXPLANATIONS_DIR}/[A-Za-z0-9._-]+\.png")  # what r
 RECIPE_NOTE = ("No explanations for the {recipe} recipe: occlusion runs its network about 180 times per window, "
                "minutes per recording for a 512-px ResNet-34 on a CPU. `heartbeat predict --model RUN --explain DIR "
                "RECORDING.wav` draws one for a chosen recording.")
+NOT_ASKED_NOTE = ("No explanations: a cross-validation fold's run does not draw them. `heartbeat predict --model RUN "
+                  "--explain DIR RECORDING.wav` draws one for a chosen recording.")
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,14 @@ RECIPE_MODULES = {  # --recipe -> the module whose fit(study, plan, sources) tra
 
 def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, settings: TrainSettings | None = None,
           *, runs_dir: str | Path | None = None, split_table: pd.DataFrame | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, explain: bool = True) -> TrainResult:
     """Read, split, fit, write the run; returns the result. The run folder appears only when complete.
 
     With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
     time and settings.name, and runs_dir/latest is pointed at it. split_table (columns
     recording, patient_id, label, split) replaces settings.split: cross-validation passes its folds.
+    explain: draw the report's explanation pictures (cross-validation's fold runs skip them: nobody opens
+    fifteen folds' pictures, and they cost seconds per fold).
 
     Everything that can be checked is checked before any training (settings, device, manifest,
     feature cache, output folder, `latest`); a run whose loss is not finite is never written.
@@ -86,7 +88,7 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
             sources = dataclasses.replace(sources, scratch_dir=work_dir / runfolder.SCRATCH_DIR)
             fitted = fit(study, plan, sources)
             result = write_run(work_dir, run_dir.name, study=study, fitted=fitted, plan=plan, sources=sources,
-                               seconds=time.time() - started)
+                               seconds=time.time() - started, explain=explain)
         if runs_dir is not None:
             runfolder.point_latest(runs_dir, run_dir)  # as each run finishes: `latest` is the last to finish
     return dataclasses.replace(result, run_dir=run_dir)
@@ -108,7 +110,7 @@ def read_sources(settings: TrainSettings, progress: bool) -> Sources:
 # ---------------------------------------------------------------- write the run
 
 def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan: Plan, sources: Sources,
-              seconds: float) -> TrainResult:
+              seconds: float, explain: bool = True) -> TrainResult:
     """Every file of the run folder: split, logs, predictions, the network, config.json, the report."""
     atomic_write_text(work_dir / runfolder.SPLIT_FILE, plan.split_table.to_csv(index=False))
     atomic_write_text(work_dir / runfolder.EPOCHS_FILE, fitted.epoch_log.to_csv(index=False))
@@ -123,7 +125,8 @@ def write_run(work_dir: Path, run_name: str, *, study: Study, fitted: Fit, plan:
     atomic_write_json(work_dir / runfolder.CONFIG_FILE, run_config(study, plan, sources, fitted, ran, seconds))
     problems = []
     if plan.has_validation:
-        explained = write_explanations(work_dir, study, plan, predictions)  # from the ONNX model save_network wrote
+        explained = write_explanations(work_dir, study, plan, predictions) if explain else explanations.Explanations(
+            note=explanations.NOT_ASKED_NOTE)  # from the ONNX model save_network wrote
         problems += [explained.note] if explained.failed else []
         figures = report.write_report(work_dir, predictions, study.classes, majority_class=plan.majority_class,
                                       context={**report_context(run_name, study, plan, sources, ran),
