@@ -10,17 +10,17 @@ only plain files directly inside images/.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from heartbeat.data import layouts
-from heartbeat.fileio import TEMP_NAME, atomic_write_bytes, entry_kind
+from heartbeat.fileio import TEMP_NAME, FileRefused, atomic_write_bytes, entry_kind, read_regular
 
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "audio_settings.json"
@@ -127,24 +127,25 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def _read_own_file(path: Path, max_bytes: int, what: str) -> bytes:
-    """The bytes of one of this stage's files; ManifestError if it is a link, not a regular file, or over max_bytes.
-
-    Never follows a link and never blocks (a FIFO is refused, not read); bounded even if the
-    file grows after it was checked.
-    """
+    """The bytes of one of this stage's files (fileio.read_regular: never follows a link, never blocks on a FIFO,
+    bounded even if the file grows); ManifestError if it is a link, not a regular file, or over max_bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        problem = "is a link, not a file" if os.path.islink(path) else f"cannot be read ({error.strerror})"
-        raise ManifestError(problem) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ManifestError("is not a regular file")
-        data = handle.read(max_bytes + 1)
-        if max(info.st_size, len(data)) > max_bytes:
-            raise ManifestError(f"is {max(info.st_size, len(data))} bytes, more than {what} of this stage can be")
-    return data
+        return read_regular(path, max_bytes)
+    except FileRefused as refused:
+        raise ManifestError(_own_file_problem(refused, what)) from None
+
+
+def _own_file_problem(refused: FileRefused, what: str) -> str:
+    """read_regular's refusal in this stage's words (the path is added by whoever prints it)."""
+    if refused.kind == "link":
+        return "is a link, not a file"
+    if refused.kind == "not_regular":
+        return "is not a regular file"
+    if refused.kind == "too_big":
+        return f"is {refused.size} bytes, more than {what} of this stage can be"
+    if refused.kind == "missing":
+        return f"cannot be read ({os.strerror(errno.ENOENT)})"
+    return refused.problem  # "cannot be read (<reason>)"
 
 
 def previous_rows(manifest_path: Path, warnings: list[str]) -> dict[str, list[dict]]:
