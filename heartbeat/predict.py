@@ -35,6 +35,7 @@ from heartbeat.data import beats
 from heartbeat.data import mel
 from heartbeat.data import layouts
 from heartbeat.report import metrics
+from heartbeat.fileio import FileRefused, read_regular
 from heartbeat.text import printable
 from heartbeat.workers import worker_count
 
@@ -47,6 +48,8 @@ OUTPUT_NAME = "probabilities"
 # Windows per network call: a long recording's windows are made and run in chunks, so memory
 # stays bounded (a 512-px window's activations are tens of MB); batching more gains little on a CPU.
 WINDOWS_PER_RUN = 4
+# A model.json is a few kB (the bundled model's: 1.7 kB); one far larger is not one training wrote, and is not read.
+MAX_MODEL_JSON_BYTES = 1 << 20
 # How far a row of probabilities may sum from 1: float32 softmax rounding is about 1e-7 per class.
 PROBABILITY_SUM_TOLERANCE = 1e-3
 # beats.segment's arrays grow with the recording (its FFTs, the Viterbi's tables): a 10-minute recording
@@ -276,10 +279,12 @@ def load_predictor(run_dir: str | os.PathLike, threads: int | None = None, *, na
 
 def _read_model_info(run_dir: Path) -> dict:
     path = run_dir / MODEL_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ModelError(f"{run_dir}: incomplete model folder: {MODEL_FILE} is missing")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a bounded, link-safe read: the folder may be untrusted, and memory stays bounded whatever the file is
+        info = json.loads(read_regular(path, MAX_MODEL_JSON_BYTES, links_within=run_dir).decode("utf-8"))
+    except FileRefused as refused:
+        raise ModelError(str(refused)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deep
         raise ModelError(f"{path}: not readable as JSON ({error})") from None
     if not isinstance(info, dict):

@@ -281,7 +281,23 @@ def _random_weights(run: Path, folder: Path) -> Path:
     return folder
 
 
+def _model_json_replaced(replace):
+    def make(run: Path, folder: Path) -> Path:
+        folder = _copy_of(run, folder)
+        (folder / "model.json").unlink()
+        replace(folder / "model.json")
+        return folder
+    return make
+
+
+def _huge_model_json(path: Path) -> None:
+    with open(path, "wb") as handle:  # sparse: 2 GiB declared, nothing allocated; a whole read would be 2 GiB
+        handle.truncate(2 << 30)
+
+
 TAMPERED = [
+    ("model-json-fifo", _model_json_replaced(os.mkfifo), "not a regular file"),  # a read would wait forever
+    ("model-json-2gib", _model_json_replaced(_huge_model_json), "more than the limit of"),
     ("four-classes", _edit_model_json(lambda info: info["classes"].append("other")), "does not match the 4 classes"),
     ("hop-length", _edit_model_json(lambda info: info["audio_settings"].update(hop_length=41)),
      "hop_length: model has 41, this code has 40"),
