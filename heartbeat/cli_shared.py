@@ -72,12 +72,12 @@ def label_map(text: str | None) -> dict | None:
         raise UserError(str(error)) from None
 
 
-def add_max_seconds(parser) -> None:
-    """--max-seconds of predict and evaluate (default None: the library's audio.DEFAULT_MAX_SECONDS, not imported
-    here: --help must not load numpy)."""
+def add_max_seconds(parser, note: str = "") -> None:
+    """--max-seconds of spectrograms, predict and evaluate (default None: the library's audio.DEFAULT_MAX_SECONDS, not
+    imported here: --help must not load numpy). note: added to the help's default, e.g. the data's longest recording."""
     parser.add_argument("--max-seconds", type=max_seconds, default=None, metavar="SECONDS",
                         help="refuse recordings longer than this, from their header, before reading them: a tiny file "
-                             "can declare hours of sound (default: 600, ten minutes)")
+                             f"can declare hours of sound (default: 600, ten minutes{note})")
 
 
 def os_error_line(error: OSError) -> str:

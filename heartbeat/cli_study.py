@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from heartbeat.cli_shared import (
-    EXIT_FAILED, UserError, add_layout_flags, label_map, max_seconds, os_error_line,
+    EXIT_FAILED, UserError, add_layout_flags, add_max_seconds, label_map, os_error_line,
 )
 from heartbeat.data.layouts import FORMATS  # standard library only: --help stays quick
 from heartbeat.text import printable  # standard library only
@@ -43,10 +43,7 @@ def _add_spectrograms(commands) -> None:
     parser.add_argument("--jobs", type=worker_number, default=None,
                         help=f"worker processes (default: one per CPU; {CAP_HELP}, nor than the recordings to make)")
     parser.add_argument("--include-unlabelled", action="store_true", help="also unlabelled recordings (Dataset B: its 195 test recordings)")
-    # default None: the library's audio.DEFAULT_MAX_SECONDS (not imported here: --help must not load numpy)
-    parser.add_argument("--max-seconds", type=max_seconds, default=None,
-                        help="refuse recordings longer than this, from their header, before reading them: a tiny file "
-                             "can declare hours of sound (default: 600, ten minutes; Dataset B's longest is under 30 s)")
+    add_max_seconds(parser, note="; Dataset B's longest is under 30 s")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_run_spectrograms)
 
