@@ -84,12 +84,18 @@ def check_bundled(folder: Path | None = None) -> None:
             raise ModelError(f"{path}: the bundled model's file is corrupt (sha256 differs from {MODEL_FILE}); {FIX}")
 
 
-def load_model(value: str | None, runs_dir: Path, threads: int | None = None,
-               bundled_dir: Path | None = None) -> Predictor:
-    """resolve_model, then load_predictor; the bundled model's files are checked against their hashes first."""
+def checked_model(value: str | None, runs_dir: Path, bundled_dir: Path | None = None) -> ModelChoice:
+    """resolve_model; when the bundled model answers, its files are checked against their hashes first (ModelError)."""
     choice = resolve_model(value, runs_dir, bundled_dir)
     if choice.bundled:
         check_bundled(choice.folder)
+    return choice
+
+
+def load_model(value: str | None, runs_dir: Path, threads: int | None = None,
+               bundled_dir: Path | None = None) -> Predictor:
+    """checked_model, then load_predictor (predict's model; evaluate loads checked_model's folder itself)."""
+    choice = checked_model(value, runs_dir, bundled_dir)
     return load_predictor(choice.folder, threads, name=choice.name)
 
 

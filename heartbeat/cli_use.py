@@ -223,17 +223,14 @@ def _run_evaluate(args) -> int:
 
 
 def _evaluated_model(model: str | None) -> Path:
-    """--model's folder for evaluate (as predict's: bundled.resolve_model); the bundled model's files checked first."""
+    """--model's folder for evaluate, chosen and checked as predict's (bundled.checked_model)."""
     from heartbeat import bundled, config
     from heartbeat.predict import ModelError
 
-    choice = bundled.resolve_model(model, config.RUNS_DIR)
     try:
-        if choice.bundled:
-            bundled.check_bundled(choice.folder)
+        return bundled.checked_model(model, config.RUNS_DIR).folder
     except ModelError as error:
         raise UserError(str(error)) from None
-    return choice.folder
 
 
 def add_commands(commands) -> None:
