@@ -85,13 +85,6 @@ def random_window(mel: np.ndarray, rng: np.random.Generator, width: int, short_s
     return window
 
 
-def fixed_window(mel: np.ndarray, width: int) -> np.ndarray:
-    """The recording's first `width` frames, padded with silence at the end: stage 1's first window, without randomness."""
-    window = np.zeros((mel.shape[0], width), dtype=mel.dtype)
-    window[:, :min(width, mel.shape[1])] = mel[:, :width]
-    return window
-
-
 def time_masks(pixels: np.ndarray, rng: np.random.Generator, count: int, max_frames: int) -> np.ndarray:
     """SpecAugment time masking: `count` spans of up to `max_frames` frames set to silence (0).
 
