@@ -36,7 +36,7 @@ from heartbeat.data import mel
 from heartbeat.data import layouts
 from heartbeat.report import metrics
 from heartbeat.fileio import FileRefused, read_regular
-from heartbeat.text import printable
+from heartbeat.text import first_line, printable
 from heartbeat.workers import worker_count
 
 # The model folder's file names, as heartbeat.train.model writes them (that module imports torch,
@@ -136,7 +136,7 @@ class Predictor:
         try:
             probabilities = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         except Exception as error:  # onnxruntime's own types: a graph whose shapes or operators do not fit
-            raise ModelError(f"{self.run_dir}: the network fails on its input ({_first_line(error)})") from None
+            raise ModelError(f"{self.run_dir}: the network fails on its input ({first_line(error)})") from None
         problem = probability_problem(probabilities, len(images), len(self.classes))
         if problem:
             raise ModelError(f"{self.run_dir}: the network gives {problem}: the model is broken")
@@ -235,12 +235,6 @@ def probability_problem(probabilities: np.ndarray, n_rows: int, n_classes: int) 
     return None
 
 
-def _first_line(error: BaseException) -> str:
-    """An exception's message's first line (onnxruntime's run up to dozens), or its type's name."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     """Consecutive lists of `size` items (the last may be shorter), taken lazily."""
     iterator = iter(items)
@@ -337,7 +331,7 @@ def _open_session(onnx_path: Path, threads: int | None):
     try:
         return onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-        raise ModelError(f"{onnx_path}: not a usable ONNX model ({_first_line(error)})") from None
+        raise ModelError(f"{onnx_path}: not a usable ONNX model ({first_line(error)})") from None
 
 
 def _check_contract(session, onnx_path: Path, info: dict) -> None:

@@ -53,6 +53,12 @@ def printable(text: str) -> str:
     return "".join(_escape(char) if _is_control(char) else char for char in text)
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message's first line (a library's may run to dozens), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _is_control(char: str) -> bool:
     return char in _BIDI_CONTROLS or unicodedata.category(char) in _ESCAPED_CATEGORIES
 

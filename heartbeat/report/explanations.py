@@ -24,6 +24,7 @@ import pandas as pd
 
 from heartbeat.data.audio import AudioError
 from heartbeat.data.manifest import MANIFEST_NAME, is_own_image, read_manifest
+from heartbeat.text import first_line
 
 EXPLANATIONS_DIR = "explanations"
 EXPLAINED_RECIPES = ("heartbeat",)
@@ -95,8 +96,7 @@ def explain_validation(model_dir: Path, predictions: pd.DataFrame, classes: Sequ
         return _draw(model_dir, predictions, list(classes), Path(spectrograms),
                      choose_recordings(predictions, probabilities, classes))
     except Exception as error:  # any failure: the pictures are an extra, the run is not
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return Explanations(note=f"The explanations were not drawn: {reason}", failed=True)
+        return Explanations(note=f"The explanations were not drawn: {first_line(error)}", failed=True)
 
 
 def _draw(model_dir: Path, predictions: pd.DataFrame, classes: list[str], folder: Path,

@@ -12,6 +12,7 @@ from heartbeat.data import audio
 from heartbeat.data import layouts
 from heartbeat.data.manifest import DATASET_NAME, MANIFEST_NAME, SETTINGS_NAME, read_dataset_description
 from heartbeat.fileio import entry_kind
+from heartbeat.text import first_line
 from heartbeat.train.contract import Study
 from heartbeat.train.settings import TrainError
 
@@ -71,7 +72,7 @@ def _read_manifest(manifest_path: Path) -> pd.DataFrame:
     except UnicodeDecodeError:
         problem = "not UTF-8 text"
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
-        problem = f"not a readable csv ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
+        problem = f"not a readable csv ({first_line(error)})"
     except OSError as error:
         problem = f"cannot be read ({error.strerror or error})"
     if problem:

@@ -33,7 +33,7 @@ import torch
 
 from heartbeat.train.device import cpu
 from heartbeat.fileio import atomic_path, remove_dead_leftovers
-from heartbeat.text import on_terminal
+from heartbeat.text import first_line, on_terminal
 
 # No network must fail within about 10 s, never hang: the limit for getting an answer, and for
 # each silence while the file arrives (a stalled download fails instead of waiting forever).
@@ -183,8 +183,7 @@ def _reason(error: Exception) -> str:
         return f"HTTP {error.code}: {error.reason}"
     if isinstance(error, urllib.error.URLError):
         error = error.reason if isinstance(error.reason, BaseException) else DownloadError(str(error.reason))
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return first_line(error)
 
 
 def read_resnet34_state(path: Path, *, in_cache: bool = False) -> dict:
