@@ -7,7 +7,7 @@ one line naming it and the fix, not a wrong answer or an onnxruntime traceback.
 
 `resolve_model` says which folder answers: the one given, the bundled one for "builtin", and
 by default the newest training run (RUNS_DIR/latest) when there is one, else the bundled one.
-Only the standard library and heartbeat.predict are imported (predict must start fast).
+Only the standard library, heartbeat.config and heartbeat.predict are imported (predict must start fast).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from heartbeat.config import LATEST
 from heartbeat.predict import MODEL_FILE, ONNX_FILE, ModelError, Predictor, load_predictor
 
 BUILTIN = "builtin"  # the --model value that names the bundled model
@@ -43,9 +44,9 @@ def resolve_model(value: str | None, runs_dir: Path, bundled_dir: Path | None = 
     bundled_dir: the bundled model's folder (default: BUNDLED_DIR, read at the call: tests replace it).
     """
     bundled_dir = BUNDLED_DIR if bundled_dir is None else bundled_dir
-    if value == BUILTIN or (value is None and not (runs_dir / "latest").exists()):
+    if value == BUILTIN or (value is None and not (runs_dir / LATEST).exists()):
         return ModelChoice(bundled_dir, BUILTIN, True)
-    folder = runs_dir / "latest" if value is None else Path(value)
+    folder = runs_dir / LATEST if value is None else Path(value)
     return ModelChoice(folder, os.fsdecode(folder), False)
 
 

@@ -174,7 +174,7 @@ def _run_report(args) -> int:
     from heartbeat.report.run_files import RunFolderError
     from heartbeat.report.run_report import rewrite_report
 
-    run_dir = Path(args.run_dir) if args.run_dir else config.RUNS_DIR / "latest"
+    run_dir = Path(args.run_dir) if args.run_dir else config.RUNS_DIR / config.LATEST
     try:
         metrics = rewrite_report(run_dir)
     except RunFolderError as error:  # found before anything was written: the folder is unchanged

@@ -14,3 +14,4 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("HEARTBEAT_DATA", PROJECT_ROOT / "data"))
 SPECTROGRAMS_DIR = DATA_DIR / "spectrograms"  # stage 1 output: images + manifest.csv
 RUNS_DIR = DATA_DIR / "runs"  # one folder per training run, plus the `latest` pointer
+LATEST = "latest"  # that pointer: the symbolic link in a runs folder to its newest run

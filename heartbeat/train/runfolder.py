@@ -33,7 +33,7 @@ PREDICTIONS_FILE = "predictions.csv"  # one row per validation recording: probab
 METRICS_FILE = "metrics.json"  # the report's figures and the run's context
 REPORT_FILE = "report.md"
 SCRATCH_DIR = ".fastai"  # fastai's own scratch files (lr_find's saved model), removed before the run is published
-LATEST = "latest"  # the symbolic link in the runs folder to the newest run
+LATEST = config.LATEST  # the symbolic link in the runs folder to the newest run
 # A `latest` temporary link lives for microseconds (symlink, then rename); one older than this was left by a killed run.
 STALE_LINK_SECONDS = 60
 
