@@ -221,3 +221,15 @@ def test_imagenet_normalisation_is_torchvisions_on_the_inputs_device_and_dtype()
     # The Classifier copies the one channel to three and normalises it before the network (here: flatten).
     expected = torch.softmax(torch.flatten(Normalize(model.IMAGENET_MEAN, model.IMAGENET_STD)(grey.expand(-1, 3, -1, -1)), 1), 1)
     torch.testing.assert_close(model.Classifier(torch.nn.Flatten())(grey), expected)
+
+
+def test_an_onnx_error_without_a_message_is_still_one_line(tmp_path, monkeypatch):
+    import onnx
+
+    def fail(*args, **kwargs):
+        raise ValueError()  # some libraries raise with no message: the line must still name the problem
+
+    (tmp_path / model.ONNX_FILE).write_bytes(b"not onnx")
+    monkeypatch.setattr(onnx, "load", fail)
+    with pytest.raises(model.ModelError, match=r"model\.onnx: not a readable ONNX model \(ValueError\)"):
+        model._onnx_initializers(tmp_path / model.ONNX_FILE)

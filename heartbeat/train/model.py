@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from heartbeat.data import layouts
+from heartbeat.text import first_line
 from heartbeat.train import nets
 
 # Where pretrained weights come from: heartbeat.train.weights (named here too, as train and cli use them through this module).
@@ -261,7 +262,7 @@ def _onnx_initializers(path: Path) -> dict[str, np.ndarray]:
     except FileNotFoundError as error:
         raise ModelError(f"{error.filename or path}: not found (not a complete run folder)") from None
     except (OSError, ValueError, DecodeError, onnx.checker.ValidationError) as error:  # e.g. data through a symlink
-        raise ModelError(f"{path}: not a readable ONNX model ({str(error).strip().splitlines()[0]:.200})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({first_line(error):.200})") from None
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
@@ -274,7 +275,7 @@ def _load_weights(module: nn.Module, path: Path) -> None:
     except FileNotFoundError:
         raise ModelError(f"{path}: not found (not a complete run folder)") from None
     except (OSError, SafetensorError, RuntimeError) as error:  # RuntimeError: keys or shapes that do not fit
-        raise ModelError(f"{path}: not this model's weights ({str(error).strip().splitlines()[0]:.200})") from None
+        raise ModelError(f"{path}: not this model's weights ({first_line(error):.200})") from None
 
 
 def export_onnx(network: nn.Module, image_size: int, path: Path, *, exact_weights: bool = True) -> None:
