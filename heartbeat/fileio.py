@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from heartbeat.text import error_reason  # standard library only
+
 # What every temporary name of this module looks like: hidden, a random part, ".tmp", an optional suffix.
 TEMP_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
 
@@ -274,8 +276,7 @@ def _resolved_inside(path: Path, folder: Path) -> Path:
     except FileNotFoundError:
         raise FileRefused(path, "missing", "not found") from None
     except (OSError, RuntimeError) as error:  # a link loop: RuntimeError before Python 3.13
-        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
-        raise FileRefused(path, "unreadable", f"cannot be opened ({reason})") from None
+        raise FileRefused(path, "unreadable", f"cannot be opened ({error_reason(error)})") from None
     if Path(os.path.realpath(folder)) not in target.parents:
         raise FileRefused(path, "outside", f"a link out of {folder} (to {target}), not followed", target=target)
     return target

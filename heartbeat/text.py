@@ -59,6 +59,12 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def error_reason(error: BaseException) -> str:
+    """Why an operation failed, in one line: an OSError's strerror (its message without the path a caller names
+    itself), else first_line."""
+    return getattr(error, "strerror", None) or first_line(error)
+
+
 def _is_control(char: str) -> bool:
     return char in _BIDI_CONTROLS or unicodedata.category(char) in _ESCAPED_CATEGORIES
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from heartbeat.fileio import FileRefused, read_regular
-from heartbeat.text import from_spreadsheet_cell
+from heartbeat.text import error_reason, from_spreadsheet_cell
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -79,7 +79,7 @@ def _run_folder(run_dir) -> Path:
     except FileNotFoundError:
         raise RunFolderError(f"{path}: no such run folder") from None
     except (OSError, RuntimeError) as error:  # a symlink loop: RuntimeError before Python 3.13
-        raise RunFolderError(f"{path}: cannot be opened ({_reason(error)})") from None
+        raise RunFolderError(f"{path}: cannot be opened ({error_reason(error)})") from None
     if not folder.is_dir():
         raise RunFolderError(f"{path}: not a folder")
     return folder
@@ -154,7 +154,7 @@ def _read_table(folder: Path, name: str, **options) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise RunFolderError(f"{folder / name}: not UTF-8 text") from None
     except (ValueError, pd.errors.ParserError) as error:  # EmptyDataError is a ValueError
-        raise RunFolderError(f"{folder / name}: not a readable csv ({_reason(error)})") from None
+        raise RunFolderError(f"{folder / name}: not a readable csv ({error_reason(error)})") from None
 
 
 def _read_predictions(folder: Path, classes: list[str]) -> pd.DataFrame:
@@ -215,13 +215,6 @@ def check_outputs(folder: Path) -> None:
             raise RunFolderError(f"{path}: is a folder, where the report writes a file")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise RunFolderError(f"{folder}: not writable; the report cannot be rewritten")
-
-
-def _reason(error: BaseException) -> str:
-    """The first line of an error's message, without the path it may repeat."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def check_predictions(predictions: pd.DataFrame) -> None:
