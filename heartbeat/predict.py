@@ -187,7 +187,7 @@ def recording_rhythm(signal: np.ndarray, sample_rate: int) -> tuple[float | None
     Up to 1.5 x RHYTHM_PART_SECONDS: beats.segment's own figures. Longer: segmented in parts of
     RHYTHM_PART_SECONDS (the last one up to 1.5 x), so memory stays bounded; the rate is the median
     of the reliable parts', the beats their sum, the irregularity that of all their beat intervals
-    (beats.segment's coefficient of variation). No reliable part: None, 0, None.
+    (beats.irregularity). No reliable part: None, 0, None.
     """
     part = int(RHYTHM_PART_SECONDS * sample_rate)
     starts = list(range(0, max(signal.size - part // 2, 1), part))
@@ -200,7 +200,7 @@ def recording_rhythm(signal: np.ndarray, sample_rate: int) -> tuple[float | None
         return reliable[0].heart_rate_bpm, reliable[0].beats, reliable[0].irregularity
     intervals = np.concatenate([rhythm.beat_intervals for rhythm in reliable])
     return (float(np.median([rhythm.heart_rate_bpm for rhythm in reliable])), sum(r.beats for r in reliable),
-            float(intervals.std() / intervals.mean()))
+            beats.irregularity(intervals))
 
 
 def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], *,

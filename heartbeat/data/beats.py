@@ -166,8 +166,13 @@ def _rhythm(states: np.ndarray, envelope: np.ndarray, cycle_frames: float, perio
     diastoles = _spans(segments, DIASTOLE)
     return Rhythm(heart_rate_bpm=60.0 / period, reliable=True, reason="", periodicity=periodicity,
                   s1_times=s1, s2_times=s2, systoles=systoles, diastoles=diastoles, beat_intervals=intervals,
-                  irregularity=float(intervals.std() / intervals.mean()),
+                  irregularity=irregularity(intervals),
                   premature_beats=premature_beats(intervals), states=states)
+
+
+def irregularity(intervals: np.ndarray) -> float:
+    """The beat intervals' coefficient of variation (std / mean): 0 for a perfectly steady rhythm."""
+    return float(intervals.std() / intervals.mean())
 
 
 def premature_beats(intervals: np.ndarray) -> np.ndarray:
