@@ -8,7 +8,7 @@ reader sees the old bundle or the new one (or, for the instant between two renam
 predict reports as a missing bundled model).
 
 `model_card` fills the card's template from a CV folder's oof.csv (per-run figures, their
-spread, the baselines) and scripts/device_shift.py's csv, so no figure on it is typed by hand.
+spread, the baselines) and experiments/device_shift.py's csv, so no figure on it is typed by hand.
 onnx and pandas are imported inside the functions that need them: this module is for the
 release script and the tests, never for predict.
 """
@@ -133,7 +133,7 @@ def cv_table(oof, classes: list[str]) -> str:
 
 
 def device_shift_table(table) -> str:
-    """Markdown from scripts/device_shift.py's csv (one CV): per shift, mean ± sd over runs and the paired change."""
+    """Markdown from experiments/device_shift.py's csv (one CV): per shift, mean ± sd over runs and the paired change."""
     import numpy as np
 
     lines = ["| figure | " + " | ".join(table["shift"].unique()) + " |", "|---|" + "---|" * table["shift"].nunique()]

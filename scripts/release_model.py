@@ -35,6 +35,7 @@ from heartbeat.predict import load_predictor  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "heartbeat-sounds"
 RECIPE, SEED, CV_SEEDS, FOLDS = "heartbeat", 1, "3,4,5", 5
 TEMPLATE = ROOT / "scripts" / "model_card_template.md"
+DEVICE_SHIFT = ROOT / "experiments" / "device_shift.py"  # the simulated-device table of a CV
 COMMAND = "make release-model   (python scripts/release_model.py --data DATASET_B)"
 PARITY = 1e-4  # two rebuilds on one machine must agree to this (issue 17)
 
@@ -50,14 +51,6 @@ def _environment() -> dict:
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def device_shift_script() -> Path:
-    """scripts/device_shift.py, or experiments/device_shift.py once the experiments moved there."""
-    for folder in ("experiments", "scripts"):
-        if (ROOT / folder / "device_shift.py").is_file():
-            return ROOT / folder / "device_shift.py"
-    raise SystemExit("release-model: device_shift.py not found under experiments/ or scripts/")
 
 
 def train(spectrograms: Path, run: Path, stand_in: bool) -> None:
@@ -86,7 +79,7 @@ def build_inputs(args) -> tuple[Path, Path, Path, Path]:
                   "--seeds", args.cv_seeds, "--recipe", RECIPE, "--quiet")
     if not shift.is_file():
         print("release-model: device shift of the CV's fold models", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(device_shift_script()), "--data", str(args.data), f"recipe={cv}",
+        subprocess.run([sys.executable, str(DEVICE_SHIFT), "--data", str(args.data), f"recipe={cv}",
                         "--out", str(shift)], check=True, cwd=ROOT, env=_environment(), stdout=subprocess.DEVNULL)
     return spectrograms, run, cv, shift
 
