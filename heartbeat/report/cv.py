@@ -37,7 +37,8 @@ from heartbeat.report.run_report import heart_problem_sentence, recording_groups
 from heartbeat.train.runfolder import prepare_output_folder
 from heartbeat.data.manifest import MANIFEST_NAME
 from heartbeat.text import spreadsheet_frame
-from heartbeat.train.inputs import read_dataset, read_spectrograms
+from heartbeat.train.contract import Study
+from heartbeat.train.inputs import read_study
 from heartbeat.train.recipes.features import feature_cache_dir, uses_feature_cache
 from heartbeat.train.run import train
 from heartbeat.train.settings import TrainError, TrainSettings
@@ -85,8 +86,8 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
         dataclasses.replace(settings, seed=seed).validate()  # the same range as --seed
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"--seeds must not repeat a seed (each seed's runs get their own folders), not {seeds}")
-    windows = read_spectrograms(spectrograms_dir, label_map=settings.label_map)
-    dataset = read_dataset(spectrograms_dir)
+    study = read_study(spectrograms_dir, settings.label_map)  # once: every fold's run trains on it
+    windows = study.windows
     recordings = split.recordings_table(windows)
     try:
         runs = list(fold_splits(recordings, protocol, folds, seeds, settings.valid_fraction))
@@ -105,10 +106,10 @@ def cross_validate(spectrograms_dir: str | Path, out_dir: str | Path, settings: 
         features = classical_features(spectrograms_dir, windows)  # once per CV: every run picks its recordings' rows
         remove_dead_leftovers(out_dir.parent, prefix=f".{out_dir.name}.")  # a killed cv's, once its writer is dead
         with atomic_directory(out_dir) as work_dir:
-            results = [_train_fold(work_dir, spectrograms_dir, settings, seed=seed, fold=fold, split_table=split_table,
+            results = [_train_fold(work_dir, study, settings, seed=seed, fold=fold, split_table=split_table,
                                    features=features, progress=progress) for seed, fold, split_table in runs]
             return _write_summary(work_dir, recordings, results, protocol=protocol, folds=folds, seeds=seeds,
-                                  dataset=dataset, started=started)
+                                  dataset=study.dataset, started=started)
 
 
 def classical_features(spectrograms_dir: Path, windows: pd.DataFrame) -> pd.DataFrame:
@@ -130,11 +131,12 @@ def classical_run(features: pd.DataFrame, split_table: pd.DataFrame, classes: li
                          "classical_predicted": np.asarray(classes)[probabilities.argmax(axis=1)]})
 
 
-def _train_fold(work_dir: Path, spectrograms_dir: Path, settings: TrainSettings, *, seed: int, fold: int,
+def _train_fold(work_dir: Path, study: Study, settings: TrainSettings, *, seed: int, fold: int,
                 split_table: pd.DataFrame, features: pd.DataFrame, progress: bool) -> dict:
     """One run of the protocol in work_dir/runs/seed<seed>-fold<fold>: its out-of-fold predictions and summary row."""
-    result = train(spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}", dataclasses.replace(settings, seed=seed),
-                   split_table=split_table, progress=progress, explain=False)
+    result = train(study.spectrograms_dir, work_dir / "runs" / f"seed{seed}-fold{fold}",
+                   dataclasses.replace(settings, seed=seed), split_table=split_table, progress=progress, explain=False,
+                   study=study)
     metrics = result.metrics
     row = {"seed": seed, "fold": fold, "n_recordings": metrics["n_recordings"],
            "leaked_patients": split.leaked_patients(split_table), "lr": result.settings["lr"]}

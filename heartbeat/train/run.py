@@ -59,14 +59,15 @@ RECIPE_MODULES = {  # --recipe -> the module whose fit(study, plan, sources) tra
 
 def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, settings: TrainSettings | None = None,
           *, runs_dir: str | Path | None = None, split_table: pd.DataFrame | None = None,
-          progress: bool = True, explain: bool = True) -> TrainResult:
+          progress: bool = True, explain: bool = True, study: Study | None = None) -> TrainResult:
     """Read, split, fit, write the run; returns the result. The run folder appears only when complete.
 
     With no run_dir, the run gets a new folder in runs_dir (default data/runs), named by
     time and settings.name, and runs_dir/latest is pointed at it. split_table (columns
     recording, patient_id, label, split) replaces settings.split: cross-validation passes its folds.
     explain: draw the report's explanation pictures (cross-validation's fold runs skip them: nobody opens
-    fifteen folds' pictures, and they cost seconds per fold).
+    fifteen folds' pictures, and they cost seconds per fold). study: spectrograms_dir as inputs.read_study read
+    it with settings.label_map (cross-validation reads it once for all its folds); default: read it here.
 
     Everything that can be checked is checked before any training (settings, device, manifest,
     feature cache, output folder, `latest`); a run whose loss is not finite is never written.
@@ -76,7 +77,7 @@ def train(spectrograms_dir: str | Path, run_dir: str | Path | None = None, setti
     settings = settings.effective()  # the recipe's own epochs, batch size (and rate) where none were given
     started = time.time()
     devices.resolve_device(settings.device)  # a device that is not there is refused first
-    study = inputs.read_study(spectrograms_dir, settings.label_map)
+    study = inputs.read_study(spectrograms_dir, settings.label_map) if study is None else study
     if features.uses_feature_cache(settings):
         features.feature_cache_dir(study.spectrograms_dir)
     with (runfolder.run_location(run_dir, runs_dir, settings.name or settings.split) as (runs_dir, run_dir),
