@@ -21,6 +21,7 @@ predict imports this module and must start fast.
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 # Bidirectional controls (Unicode's format characters that reorder what follows: "Trojan source"):
@@ -40,6 +41,14 @@ def on_terminal(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or closed
         return False
+
+
+def progress_bar(total: int, desc: str, unit: str, progress: bool):
+    """A tqdm bar on standard error, drawn only on a terminal (a log gets the caller's one-line summary instead of
+    the redrawn frames) and only with progress. tqdm is imported here, at the call: predict imports this module."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (progress and on_terminal(sys.stderr)), file=sys.stderr)
 
 
 def printable(text: str) -> str:

@@ -9,7 +9,6 @@ freed memory for reuse.
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from heartbeat.data import png
 from heartbeat.data.manifest import Item, image_name, recording_columns, source_signature
 from heartbeat.fileio import atomic_write_bytes
 from heartbeat.workers import worker_count
-from heartbeat.text import on_terminal
+from heartbeat.text import progress_bar
 
 class ImageWriteError(Exception):
     """An image could not be written into OUT (a full disk, say): a problem of OUT, not of the recording."""
@@ -130,12 +129,9 @@ def _reuse_freed_memory():
 def run_parallel(recordings, out_dir, settings, max_seconds, jobs, progress):
     import multiprocessing
 
-    from tqdm import tqdm
-
     tasks = [(recording, out_dir, settings, max_seconds) for recording in recordings]
     jobs = worker_count(jobs, len(tasks))
-    bar = tqdm(total=len(tasks), desc="spectrograms", unit="rec", disable=not (progress and on_terminal(sys.stderr)),
-                file=sys.stderr)  # a log gets the one-line summary, not the redrawn frames
+    bar = progress_bar(len(tasks), "spectrograms", "rec", progress)
     try:
         if jobs == 1 or len(tasks) == 1:
             from threadpoolctl import threadpool_limits

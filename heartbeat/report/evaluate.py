@@ -27,7 +27,6 @@ import collections
 import csv
 import io
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from heartbeat.report.metrics import classification_metrics
 from heartbeat.report.outputs import (confusion_section, figures_table, json_bytes, markdown_table, markdown_text, plain,
                                       write_all)
 from heartbeat.predict import Failure, ModelError, Predictor, load_predictor, predict_files
-from heartbeat.text import on_terminal, printable, spreadsheet_cell
+from heartbeat.text import printable, progress_bar, spreadsheet_cell
 
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -169,12 +168,9 @@ def run(plan: EvaluationPlan, *, progress: bool = True) -> EvaluationResult:
     Raises NothingEvaluated if every recording failed, EvaluationError if the model gives no
     usable answer or OUT cannot be written; OUT is then as it was.
     """
-    from tqdm import tqdm
-
     predictions, failures = [], []
     by_path = {os.fsdecode(recording.path): recording for recording in plan.to_score}
-    bar = tqdm(total=len(plan.to_score), desc="evaluate", unit="rec", disable=not (progress and on_terminal(sys.stderr)),
-                file=sys.stderr)  # a log gets the one-line summary, not the redrawn frames
+    bar = progress_bar(len(plan.to_score), "evaluate", "rec", progress)
     try:
         for result in predict_files(plan.predictor, [r.path for r in plan.to_score], max_seconds=plan.max_seconds):
             if isinstance(result, Failure):

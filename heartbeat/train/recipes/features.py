@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from heartbeat.train import device as devices
 from heartbeat.train import loop
 from heartbeat.train import model
 from heartbeat.train.contract import Plan
-from heartbeat.text import on_terminal
+from heartbeat.text import progress_bar
 from heartbeat.train.settings import TrainError, TrainSettings
 
 FEATURES_DIR = "features"  # the frozen body's cached outputs, inside the spectrograms folder
@@ -79,16 +78,13 @@ def _run_body(network, spectrograms_dir: Path, images: list[str], plan: Plan, pr
 
     network[0] is the body, network[1][:2] fastai's parameter-free AdaptiveConcatPool2d + Flatten.
     """
-    from tqdm import tqdm
-
     extractor = torch.nn.Sequential(network[0], network[1][:2]).eval()
     extractor = extractor.to(plan.device, memory_format=torch.channels_last)
     autocast = (torch.autocast(plan.device.type, dtype=plan.autocast) if plan.autocast is not None
                 else contextlib.nullcontext())
     outputs = []
     band_norm = plan.settings.input_band_norm()
-    bar = tqdm(total=len(images), desc="body features", unit="img", disable=not (progress and on_terminal(sys.stderr)),
-               file=sys.stderr)  # in a log its carriage-return frames are noise
+    bar = progress_bar(len(images), "body features", "img", progress)
     with torch.inference_mode(), autocast:
         for start in range(0, len(images), FEATURES_BATCH):
             grey = model.images_to_tensor([load_image(spectrograms_dir, name, plan.settings.image_size, band_norm)
