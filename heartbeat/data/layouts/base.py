@@ -88,11 +88,7 @@ def _required(root: Path, real_root: Path, name: str, layout: str, *, folder: bo
 
 def _audio_names(folder: Path) -> set[str]:
     """Names of the visible .wav entries of one folder (links included; they are checked later)."""
-    try:
-        return {entry.name for entry in os.scandir(folder)
-                if not entry.name.startswith(".") and entry.name.lower().endswith(AUDIO_SUFFIX)}
-    except OSError as error:
-        raise LayoutError(f"{folder}: cannot be listed ({error.strerror})") from None
+    return {entry.name for entry in _visible_entries(folder) if entry.name.lower().endswith(AUDIO_SUFFIX)}
 
 
 def _visible_entries(folder: Path) -> list[os.DirEntry]:
