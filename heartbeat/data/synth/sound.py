@@ -170,9 +170,8 @@ def _systolic_murmur(beats, systole: float, s1_len: float, n: int, margin: int, 
 
 
 def write_pcm16(path: Path, signal: np.ndarray, sample_rate: int) -> None:
-    """Write `signal` (floats in [-1, 1]) as a 16-bit WAV file, atomically, making its folder."""
+    """Write `signal` (floats in [-1, 1]) as a 16-bit WAV file, atomically, making its folder (atomic_path does)."""
     # Quantise here rather than in libsndfile: the bytes then depend on numpy alone.
     pcm = np.round(signal.astype(np.float64) * 32767).astype(np.int16)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         soundfile.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
