@@ -199,14 +199,14 @@ def main() -> int:
     args = parser.parse_args()
 
     from heartbeat.train import split
-    from heartbeat.train import run as train
+    from heartbeat.train.inputs import read_spectrograms
     from heartbeat.data.dataset import CLASSES
 
     oof = pd.read_csv(args.cv / "oof.csv")
     seeds = sorted(int(seed) for seed in oof["seed"].unique())
     if not set(seeds) <= set(SELECTION_SEEDS):
         raise SystemExit(f"{args.cv}: seeds {seeds}; the selection uses seeds {SELECTION_SEEDS} only")
-    windows = train.read_spectrograms(args.spectrograms)
+    windows = read_spectrograms(args.spectrograms)
     recordings = split.recordings_table(windows)
     classes = [name for name in CLASSES if name in set(windows["label"])]
     features = recording_features(args.data, args.features)
